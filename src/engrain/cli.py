@@ -1,0 +1,104 @@
+"""The `engrain` command: thin; parses options into config dataclasses and calls the API."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from engrain.config import EvalConfig, from_dict, load_yaml
+from engrain.errors import EngrainError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"engrain: error: {message} (see {self.prog} --help)\n")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per config field; defaults are left unset so YAML values are only overridden when given."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        typ = hints[f.name]
+        base = [a for a in typing.get_args(typ) if a is not type(None)] or [typ]
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {f.default})")
+        if base[0] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            parser.add_argument(flag, type=base[0], metavar=f.name.upper(), **kw)
+
+
+def build_config(cls: type, args: argparse.Namespace):
+    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    return from_dict(cls, values, where=args.config or "options")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from engrain.evaluate import evaluate
+    from engrain.report import print_eval
+
+    print_eval(evaluate(build_config(EvalConfig, args)))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engrain.models import describe_aliases
+
+    t = Table(title="bundled models (also: any hub id, local folder or .gguf file)")
+    t.add_column("alias")
+    t.add_column("what")
+    for name, desc in describe_aliases():
+        t.add_row(name, desc)
+    Console().print(t)
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engrain.tasks import TASKS
+
+    t = Table(title="tasks")
+    for col in ("task", "labels", "splits", "formats (default first)", "out-of-domain", "what"):
+        t.add_column(col)
+    for spec in TASKS.values():
+        formats = [spec.default_format] + [f for f in spec.formats if f != spec.default_format]
+        t.add_row(
+            spec.name, ", ".join(spec.labels), ", ".join(spec.splits), ", ".join(formats),
+            ", ".join(p.task for p in spec.ood) or "-", spec.description,
+        )
+    Console().print(t)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="engrain", description="Teach a language model what a prompt would have told it.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    e = sub.add_parser("eval", help="in-context learning evaluation on a task and its out-of-domain partners")
+    e.add_argument("--config", help="YAML file with the same option names; flags override it")
+    add_config_flags(e, EvalConfig)
+    e.set_defaults(func=cmd_eval)
+    sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
+    sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EngrainError as e:
+        print(f"engrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("engrain: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

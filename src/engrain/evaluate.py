@@ -1,0 +1,291 @@
+"""Scoring and in-context learning evaluation.
+
+The prediction for a query is the argmax over the verbaliser tokens' logits at the answer position
+(the last prompt token). The demonstrations are the same for every query, so their KV cache is
+computed once and each query batch runs only its own tokens against it; only the last position's
+logits are computed (``logits_to_keep=1``), and batches are padded to their own longest member.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+
+from engrain.config import EvalConfig
+from engrain.data import Prompter, example_key, sample_few_shot
+from engrain.errors import EngrainError
+from engrain.measure import FlopModel, Meter, causal_pairs, matmul_peak
+from engrain.tasks import Example, TaskSpec, get_task, load_split
+
+# ---------------------------------------------------------------------------- batching
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and mask, padded on the left so every sequence ends at the last position."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids that skip left padding: (B, T)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0) + offset
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def encode_context(model: torch.nn.Module, context_ids: Sequence[int]):
+    """KV cache of the context (batch 1), or None for an empty context."""
+    if not context_ids:
+        return None
+    dev = model.device
+    ids = torch.tensor([list(context_ids)], device=dev)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+    return out.past_key_values
+
+
+@torch.no_grad()
+def score(
+    model: torch.nn.Module,
+    context_ids: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    verbalizer_ids: Sequence[int],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    cache=None,
+    progress=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix-cached scoring: verbaliser logits (N, C) in fp32 and the full-vocabulary argmax (N,).
+
+    ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
+    Each batch gets a copy of it repeated to the batch size; the queries are left-padded, with the
+    mask covering context + query and positions continuing after the context.
+    """
+    if cache is None:
+        cache = encode_context(model, context_ids)
+    n_ctx, dev = len(context_ids), model.device
+    verb = torch.tensor(list(verbalizer_ids), device=dev)
+    out_v = torch.empty(len(queries), len(verbalizer_ids))
+    out_top = torch.empty(len(queries), dtype=torch.long)
+    for idx in length_sorted_batches([len(q) for q in queries], batch_size):
+        ids, mask = left_pad([queries[i] for i in idx], pad_id)
+        ids, mask = ids.to(dev), mask.to(dev)
+        past = None
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(idx))
+            mask = torch.cat([torch.ones(len(idx), n_ctx, dtype=mask.dtype, device=dev), mask], dim=1)
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions(mask[:, n_ctx:], n_ctx),
+            past_key_values=past,
+            use_cache=past is not None,
+            logits_to_keep=1,
+        ).logits[:, -1].float()  # (B, V)
+        out_v[idx] = logits[:, verb].cpu()
+        out_top[idx] = logits.argmax(-1).cpu()
+        if progress is not None:
+            progress.update(len(idx))
+    return out_v, out_top
+
+
+@torch.no_grad()
+def score_uncached(
+    model: torch.nn.Module,
+    context_ids: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    verbalizer_ids: Sequence[int],
+    batch_size: int = 16,
+    pad_id: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference scorer: context + query concatenated for every query (what prefix caching avoids)."""
+    dev = model.device
+    full = [list(context_ids) + list(q) for q in queries]
+    out_v = torch.empty(len(queries), len(verbalizer_ids))
+    out_top = torch.empty(len(queries), dtype=torch.long)
+    for idx in length_sorted_batches([len(s) for s in full], batch_size):
+        ids, mask = left_pad([full[i] for i in idx], pad_id)
+        logits = model(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions(mask).to(dev), logits_to_keep=1
+        ).logits[:, -1].float()
+        out_v[idx] = logits[:, list(verbalizer_ids)].cpu()
+        out_top[idx] = logits.argmax(-1).cpu()
+    return out_v, out_top
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def mcc(confusion: torch.Tensor) -> float:
+    """Matthews correlation for C classes (Gorodkin 2004) from a (C, C) gold x predicted count matrix."""
+    c = confusion.double()
+    t, p, n, correct = c.sum(1), c.sum(0), c.sum(), c.trace()
+    cov_tp = correct * n - (t * p).sum()
+    denom = math.sqrt(float((n * n - (p * p).sum()) * (n * n - (t * t).sum())))
+    return float(cov_tp / denom) if denom > 0 else 0.0
+
+
+def metrics(
+    spec: TaskSpec, examples: Sequence[Example], pred: torch.Tensor, non_verbalizer: torch.Tensor
+) -> dict:
+    """Accuracy, per-label accuracy, macro-F1, MCC, the rate of non-verbaliser argmaxes, and the
+    task's breakdowns (HANS: accuracy per heuristic and gold label)."""
+    gold = torch.tensor([ex["label"] for ex in examples])
+    n_cls = len(spec.labels)
+    conf = torch.zeros(n_cls, n_cls, dtype=torch.long)
+    conf.index_put_((gold, pred), torch.ones_like(gold), accumulate=True)
+    correct = pred == gold
+    f1s = []
+    for c in range(n_cls):
+        tp, fp, fn = conf[c, c].item(), conf[:, c].sum().item() - conf[c, c].item(), conf[c].sum().item() - conf[c, c].item()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    out = {
+        "n": len(examples),
+        "accuracy": correct.float().mean().item(),
+        "per_label_accuracy": {
+            spec.labels[c]: correct[gold == c].float().mean().item() for c in range(n_cls) if (gold == c).any()
+        },
+        "macro_f1": sum(f1s) / n_cls,
+        "mcc": mcc(conf),
+        "predicted_share": {spec.labels[c]: (pred == c).float().mean().item() for c in range(n_cls)},
+        "non_verbalizer_rate": non_verbalizer.float().mean().item(),
+    }
+    for col in spec.breakdown:
+        table: dict[str, dict[str, float]] = {}
+        for value in sorted({ex[col] for ex in examples}):
+            sel = torch.tensor([ex[col] == value for ex in examples])
+            table[value] = {
+                spec.labels[c]: correct[sel & (gold == c)].float().mean().item()
+                for c in range(n_cls)
+                if (sel & (gold == c)).any()
+            }
+            table[value]["all"] = correct[sel].float().mean().item()
+        out[f"by_{col}"] = table
+    return out
+
+
+# ---------------------------------------------------------------------------- evaluation sets
+
+
+def eval_sets(spec: TaskSpec, cfg) -> list[tuple[TaskSpec, list[Example], dict[str, str] | None]]:
+    """(spec, examples, label map) for the task's validation split and, with cfg.ood, its partners."""
+    sets = [(spec, load_split(spec, "validation", cfg.data_dir), None)]
+    if cfg.ood:
+        for partner in spec.ood:
+            pspec = get_task(partner.task)
+            sets.append((pspec, load_split(pspec, "validation", cfg.data_dir), partner.label_map))
+    if cfg.limit:
+        sets = [(s, ex[: cfg.limit], m) for s, ex, m in sets]
+    return sets
+
+
+def map_predictions(pred: torch.Tensor, spec: TaskSpec, target: TaskSpec, label_map: dict[str, str] | None) -> torch.Tensor:
+    """Predicted class ids of ``spec`` -> class ids of the OOD ``target`` (by label name)."""
+    if label_map is None and spec.labels == target.labels:
+        return pred
+    names = [label_map[lab] if label_map else lab for lab in spec.labels]
+    lut = torch.tensor([target.labels.index(n) for n in names])
+    return lut[pred]
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run one ICL evaluation end to end and return its record (also written under ``cfg.out``)."""
+    from engrain.models import load_model
+    from engrain.results import base_record, write_record
+
+    cfg.validate()
+    spec = get_task(cfg.task)
+    fmt = spec.prompt_format(cfg.format, cfg.template)
+    # Data first (cheap, and bad files fail before the model loads).
+    sets = eval_sets(spec, cfg)
+    exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
+    demos = sample_few_shot(spec, load_split(spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude) if cfg.shots else []
+
+    lm = load_model(cfg.model, cfg.precision, cfg.device)
+    prompter = Prompter(spec, fmt, lm.tokenizer)
+    verb = prompter.verbalizer_ids()
+    ctx = prompter.context_ids(demos)
+    queries = {s.name: prompter.query_ids(exs, with_context=bool(demos)) for s, exs, _ in sets}
+    check_fits(ctx, queries, lm.max_length)
+
+    flops = FlopModel.of(lm.model)
+    peak = matmul_peak(lm.device, lm.dtype)
+    with Meter(lm.device) as m_ctx:
+        cache = encode_context(lm.model, ctx)
+    record = base_record("eval", "icl", cfg, lm)
+    record["demonstrations"] = [{"line": d["line"], "label": spec.labels[d["label"]]} for d in demos]
+    record["context_tokens"] = len(ctx)
+    record["measure"] = {"context": {"seconds": m_ctx.seconds, "tokens": len(ctx)}}
+    record["metrics"] = {}
+    pad = lm.tokenizer.pad_token_id
+    for tspec, exs, label_map in sets:
+        q = queries[tspec.name]
+        with _progress(cfg.progress, len(q), f"{cfg.task}->{tspec.name}" if tspec is not spec else tspec.name) as bar:
+            with Meter(lm.device) as m:
+                v_logits, top = score(lm.model, ctx, q, verb, cfg.batch_size, pad, cache=cache, progress=bar)
+        pred = map_predictions(v_logits.argmax(-1), spec, tspec, label_map)
+        non_verb = ~torch.isin(top, torch.tensor(verb))
+        record["metrics"][tspec.name] = metrics(tspec, exs, pred, non_verb)
+        n_tok = sum(len(x) for x in q)
+        fl = flops.forward(n_tok, sum(causal_pairs(len(ctx), len(x)) for x in q), len(q))
+        record["measure"][tspec.name] = {
+            "seconds": m.seconds,
+            "examples_per_s": len(q) / m.seconds,
+            "query_tokens": n_tok,
+            "tokens_per_s": n_tok / m.seconds,
+            "peak_memory_mb": m.peak_mb,
+            "flops": fl,
+            "mfu": fl / (peak * m.seconds),
+        }
+    record["measure"]["matmul_peak_tflops"] = peak / 1e12
+    if cfg.out:
+        record["path"] = str(write_record(record, cfg.out))
+    return record
+
+
+def check_fits(ctx: Sequence[int], queries: dict[str, list[list[int]]], max_length: int | None) -> None:
+    if not max_length:
+        return
+    longest = max((len(q) for qs in queries.values() for q in qs), default=0)
+    if len(ctx) + longest > max_length:
+        raise EngrainError(
+            f"prompt too long for the model: {len(ctx)} context tokens + {longest} for the longest query = "
+            f"{len(ctx) + longest} > the model's window of {max_length}; lower --shots"
+        )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ex", leave=False, dynamic_ncols=True)
+

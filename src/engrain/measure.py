@@ -1,0 +1,188 @@
+"""What things cost: wall time, peak memory, tokens, FLOPs and MFU (against a measured matmul peak)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; elsewhere the lifetime peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class Meter:
+    """Times a block and records its peak memory: process RSS sampled every 5 ms on CPU, and the
+    allocator's max on CUDA. ``with Meter(device) as m: ...; m.seconds, m.peak_mb``."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    interval: float = 0.005
+    seconds: float = 0.0
+    peak_bytes: int = 0
+
+    def __enter__(self) -> "Meter":
+        self._stop = threading.Event()
+        self.peak_bytes = rss_bytes()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        self.seconds = time.perf_counter() - self._t0
+        self._stop.set()
+        if self.device.type != "cuda":
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+# ---------------------------------------------------------------------------- FLOPs and MFU
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _peak_key(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{cpu_name()} x{torch.get_num_threads()} threads"
+    return f"{where} | {str(dtype).replace('torch.', '')} | torch {torch.__version__}"
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """Best FLOP/s of square matmuls (1024-4096) in ``dtype`` on ``device``."""
+    best = 0.0
+    for n in (1024, 2048, 4096):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            a @ b
+            reps += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if time.perf_counter() - t0 > seconds:
+                break
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
+    """The measured matmul peak for this machine, cached in $ENGRAIN_CACHE/matmul_peak.json."""
+    from engrain.models import cache_dir
+
+    path = cache_dir() / "matmul_peak.json"
+    key = _peak_key(device, dtype)
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = measure_matmul_peak(device, dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
+    return table[key]
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """Forward FLOPs of a decoder: 2 x (non-embedding params) per token, plus attention scores and
+    mixing (4 x heads x head_dim per query-key pair per layer), plus the output layer per scored position."""
+
+    body_params: int
+    layers: int
+    attn_width: int  # heads x head_dim
+    head_params: int  # output layer (vocab x hidden)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "FlopModel":
+        cfg = model.config.get_text_config()
+        emb = model.get_input_embeddings().weight.numel()
+        head = model.get_output_embeddings().weight
+        total = sum(p.numel() for p in model.parameters())
+        tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        body = total - emb - (0 if tied else head.numel())
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cls(body, cfg.num_hidden_layers, cfg.num_attention_heads * head_dim, head.numel())
+
+    def forward(self, tokens: int, attn_pairs: int, scored: int) -> float:
+        return 2.0 * self.body_params * tokens + 4.0 * self.layers * self.attn_width * attn_pairs + 2.0 * self.head_params * scored
+
+
+def causal_pairs(past: int, new: int) -> int:
+    """Query-key pairs when ``new`` tokens attend causally after ``past`` cached ones."""
+    return new * past + new * (new + 1) // 2
+
+
+# ---------------------------------------------------------------------------- provenance
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("engrain", "torch", "transformers", "peft", "accelerate", "datasets", "gguf"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_revision() -> str | None:
+    """The engrain checkout's commit (with '+dirty' when modified), or None outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def host() -> dict:
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "platform": platform.platform()}

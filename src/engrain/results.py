@@ -1,0 +1,72 @@
+"""Run records: one self-describing JSON file per run, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+
+from engrain.errors import EngrainError
+from engrain.measure import git_revision, host, versions
+
+
+def model_slug(name: str) -> str:
+    base = Path(name).name if ("/" in name or name.endswith(".gguf")) else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base.removesuffix(".gguf"))
+
+
+def run_name(kind: str, method: str, cfg) -> str:
+    name = f"{cfg.task}-{method}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
+    if getattr(cfg, "limit", None):
+        name += f"-n{cfg.limit}"
+    return f"{kind}-{name}"
+
+
+def base_record(kind: str, method: str, cfg, lm) -> dict:
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    return {
+        "name": run_name(kind, method, cfg),
+        "kind": kind,
+        "method": method,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(cfg),
+        "model": {
+            "name": lm.name,
+            "source": lm.source,
+            "dtype": str(lm.dtype).replace("torch.", ""),
+            "device": str(lm.device),
+            "parameters": n_params,
+            "max_length": lm.max_length,
+            "load_seconds": lm.load_seconds,
+        },
+        "versions": versions(),
+        "git_revision": git_revision(),
+        "host": host(),
+    }
+
+
+def write_record(record: dict, out: str | Path) -> Path:
+    """Write ``record`` to ``out/<name>.json`` via a temporary file and rename: never half a record."""
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EngrainError(f"cannot create output folder {folder}: {e.strerror}") from None
+    path = folder / f"{record['name']}.json"
+    tmp = folder / f".{record['name']}.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise EngrainError(f"run record not found: {p}") from None
+    except json.JSONDecodeError as e:
+        raise EngrainError(f"{p}:{e.lineno}: not a valid run record ({e.msg})") from None

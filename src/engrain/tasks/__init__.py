@@ -1,0 +1,15 @@
+"""Task registry: ``get_task(name)`` and ``TASKS``; specs in :mod:`engrain.tasks.registry`."""
+
+from engrain.errors import unknown
+from engrain.tasks.loaders import Example, load_split
+from engrain.tasks.registry import TASKS
+from engrain.tasks.spec import OODPartner, PromptFormat, TaskSpec
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise unknown("task", name, TASKS)
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "Example", "OODPartner", "PromptFormat", "TaskSpec", "get_task", "load_split"]

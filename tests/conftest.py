@@ -1,0 +1,101 @@
+"""Shared fixtures: the real task data (../shared/data or $ENGRAIN_DATA) and a tiny random model.
+
+The tiny model is a 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained in-process on
+a few thousand task sentences: no downloads, built once per session in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("ENGRAIN_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if (cand / "rte" / "train.jsonl").is_file():
+            return cand.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = _data_dir()
+    if d is None:
+        if os.environ.get("CI"):
+            pytest.fail("task data not found: set ENGRAIN_DATA or put it at ../shared/data")
+        pytest.skip("task data not found (set ENGRAIN_DATA)")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch):
+    """Tests read data only through an explicit data_dir, never a stray $ENGRAIN_DATA."""
+    monkeypatch.delenv("ENGRAIN_DATA", raising=False)
+
+
+def build_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, special_tokens=["<pad>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<pad>")
+
+
+def tiny_texts(data_dir: Path | None) -> list[str]:
+    words = " Yes No True False Maybe Neither yes no question answer Question Answer"
+    texts = [words] * 200
+    if data_dir is not None:
+        from engrain.tasks import get_task, load_split
+
+        for name in ("rte", "hans"):
+            spec = get_task(name)
+            for ex in load_split(spec, "validation", data_dir)[:300]:
+                texts.append(f"{ex['premise']} {ex['hypothesis']}")
+    else:
+        texts += ["The cat sat on the mat. A dog ran in the park. Is this true? answer: Yes No"] * 50
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny Llama + tokenizer folder, loadable with engrain.models.load_model(path)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(tiny_texts(_data_dir()))
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    # Random init at std 0.02 gives near-uniform logits; scale up so predictions differ between inputs.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    """The tiny model loaded in fp32 (exact comparisons)."""
+    from engrain.models import load_model
+
+    return load_model(str(tiny_model_dir), precision="fp32", device="cpu")
