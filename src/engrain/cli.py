@@ -44,23 +44,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from engrain.models import describe_aliases
+    from engrain.report import console
 
     t = Table(title="bundled models (also: any hub id, local folder or .gguf file)")
     t.add_column("alias")
     t.add_column("what")
     for name, desc in describe_aliases():
         t.add_row(name, desc)
-    Console().print(t)
+    console().print(t)
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from engrain.report import console
     from engrain.tasks import TASKS
 
     t = Table(title="tasks")
@@ -72,7 +72,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
             spec.name, ", ".join(spec.labels), ", ".join(spec.splits), ", ".join(formats),
             ", ".join(p.task for p in spec.ood) or "-", spec.description,
         )
-    Console().print(t)
+    console().print(t)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,8 @@ class EvalConfig:
         spec = get_task(self.task)
         spec.prompt_format(self.format, self.template)
         _at_least("shots", self.shots, 0)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise EngrainError(f"--seed must be an integer, got {self.seed!r}")
         _at_least("batch_size", self.batch_size, 1)
         if self.limit is not None:
             _at_least("limit", self.limit, 1)
@@ -92,3 +94,67 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EngrainError(f"{p}: expected a mapping of option: value")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+# Hyperparameters of llmft's scripts (few-shot: 40 epochs, warmup ratio 0.5), per parameter set.
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"lr": 1e-5, "epochs": 40, "warmup_ratio": 0.5},
+    "lora": {"lr": 2e-4, "epochs": 40, "warmup_ratio": 0.5},
+    "bitfit": {"lr": 1e-4, "epochs": 40, "warmup_ratio": 0.5},
+    "ia3": {"lr": 3e-3, "epochs": 40, "warmup_ratio": 0.5},
+}
+
+
+@dataclass
+class TrainConfig(EvalConfig):
+    """Few-shot fine-tuning: the eval options plus how to train. Unset lr/epochs/warmup come from PRESETS."""
+
+    shots: int = opt(32, "number of labelled training examples k")
+    method: str = opt("pbft", "pbft (pattern + verbaliser) or head (new classification head)")
+    params: str = opt("lora", "which parameters train: full, lora, bitfit or ia3")
+    epochs: int | None = opt(None, "epochs over the k examples (preset: 40)")
+    lr: float | None = opt(None, "peak learning rate (preset: full 1e-5, lora 2e-4, bitfit 1e-4, ia3 3e-3)")
+    warmup_ratio: float | None = opt(None, "share of steps with linear warmup (preset: 0.5)")
+    schedule: str = opt("linear", "after warmup: linear (decay to 0) or constant")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)")
+    train_batch_size: int = opt(8, "examples per optimizer step and process, before accumulation")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    lora_r: int = opt(8, "LoRA rank")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    target_modules: str | None = opt(None, "comma-separated module names for LoRA/IA3 (default q_proj,v_proj for LoRA; peft's for IA3)")
+    full_vocab_loss: bool = opt(False, "pbft: cross-entropy over the full vocabulary instead of the verbalisers")
+    eval_every: int = opt(0, "evaluate every N optimizer steps (0: every epoch)")
+    eval_sample: int | None = opt(500, "per-epoch evaluations use a seeded stratified sample of this size per set (final: full sets)")
+
+    def validate(self) -> None:
+        from engrain.methods import METHODS
+        from engrain.params import PARAM_SETS
+
+        if self.method not in METHODS or self.method == "icl":
+            raise EngrainError(f"--method must be one of pbft, head (icl trains nothing: use engrain eval), got {self.method!r}")
+        if self.params not in PARAM_SETS:
+            raise EngrainError(f"--params must be one of {', '.join(PARAM_SETS)}, got {self.params!r}")
+        if self.target_modules is not None and self.params not in ("lora", "ia3"):
+            raise EngrainError(f"--target-modules applies to --params lora or ia3, not {self.params}")
+        for name, value in PRESETS[self.params].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        super().validate()
+        _at_least("shots", self.shots, 1)
+        _at_least("epochs", self.epochs, 1)
+        _at_least("train_batch_size", self.train_batch_size, 1)
+        _at_least("grad_accum", self.grad_accum, 1)
+        _at_least("eval_every", self.eval_every, 0)
+        _at_least("lora_r", self.lora_r, 1)
+        if self.eval_sample is not None:
+            _at_least("eval_sample", self.eval_sample, 1)
+        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
+            raise EngrainError(f"--lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise EngrainError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise EngrainError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.schedule not in ("linear", "constant"):
+            raise EngrainError(f"--schedule must be linear or constant, got {self.schedule!r}")

@@ -70,9 +70,12 @@ def score(
     pad_id: int = 0,
     cache=None,
     progress=None,
+    head: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix-cached scoring: verbaliser logits (N, C) in fp32 and the full-vocabulary argmax (N,).
+    """Prefix-cached scoring: class logits (N, C) in fp32 and the full-vocabulary argmax (N,).
 
+    The class logits are the verbaliser tokens' logits at the answer position, or, with a
+    classification ``head``, the head applied to the last token's final hidden state.
     ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
     Each batch gets a copy of it repeated to the batch size; the queries are left-padded, with the
     mask covering context + query and positions continuing after the context.
@@ -81,7 +84,7 @@ def score(
         cache = encode_context(model, context_ids)
     n_ctx, dev = len(context_ids), model.device
     verb = torch.tensor(list(verbalizer_ids), device=dev)
-    out_v = torch.empty(len(queries), len(verbalizer_ids))
+    out_v = torch.empty(len(queries), head.out_features if head is not None else len(verbalizer_ids))
     out_top = torch.empty(len(queries), dtype=torch.long)
     for idx in length_sorted_batches([len(q) for q in queries], batch_size):
         ids, mask = left_pad([queries[i] for i in idx], pad_id)
@@ -91,15 +94,18 @@ def score(
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(idx))
             mask = torch.cat([torch.ones(len(idx), n_ctx, dtype=mask.dtype, device=dev), mask], dim=1)
-        logits = model(
+        out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions(mask[:, n_ctx:], n_ctx),
             past_key_values=past,
             use_cache=past is not None,
             logits_to_keep=1,
-        ).logits[:, -1].float()  # (B, V)
-        out_v[idx] = logits[:, verb].cpu()
+            output_hidden_states=head is not None,
+        )
+        logits = out.logits[:, -1].float()  # (B, V)
+        cls = logits[:, verb] if head is None else head(out.hidden_states[-1][:, -1].float())  # (B, C)
+        out_v[idx] = cls.float().cpu()
         out_top[idx] = logits.argmax(-1).cpu()
         if progress is not None:
             progress.update(len(idx))
@@ -225,27 +231,34 @@ def evaluate(cfg: EvalConfig) -> dict:
     queries = {s.name: prompter.query_ids(exs, with_context=bool(demos)) for s, exs, _ in sets}
     check_fits(ctx, queries, lm.max_length)
 
-    flops = FlopModel.of(lm.model)
-    peak = matmul_peak(lm.device, lm.dtype)
     with Meter(lm.device) as m_ctx:
         cache = encode_context(lm.model, ctx)
     record = base_record("eval", "icl", cfg, lm)
     record["demonstrations"] = [{"line": d["line"], "label": spec.labels[d["label"]]} for d in demos]
     record["context_tokens"] = len(ctx)
-    record["measure"] = {"context": {"seconds": m_ctx.seconds, "tokens": len(ctx)}}
-    record["metrics"] = {}
-    pad = lm.tokenizer.pad_token_id
+    metrics_, measure = score_sets(lm, spec, sets, ctx, queries, verb, cfg, cache=cache)
+    record["metrics"] = metrics_
+    record["measure"] = {"context": {"seconds": m_ctx.seconds, "tokens": len(ctx)}, **measure}
+    if cfg.out:
+        record["path"] = str(write_record(record, cfg.out))
+    return record
+
+
+def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, head=None, progress=None) -> tuple[dict, dict]:
+    """Score every evaluation set against one context; metrics and cost per set."""
+    flops, peak = FlopModel.of(lm.model), matmul_peak(lm.device, lm.dtype)
+    metrics_out, measure = {}, {"matmul_peak_tflops": peak / 1e12}
+    show = cfg.progress if progress is None else progress
     for tspec, exs, label_map in sets:
         q = queries[tspec.name]
-        with _progress(cfg.progress, len(q), f"{cfg.task}->{tspec.name}" if tspec is not spec else tspec.name) as bar:
+        with _progress(show, len(q), f"{cfg.task}->{tspec.name}" if tspec is not spec else tspec.name) as bar:
             with Meter(lm.device) as m:
-                v_logits, top = score(lm.model, ctx, q, verb, cfg.batch_size, pad, cache=cache, progress=bar)
-        pred = map_predictions(v_logits.argmax(-1), spec, tspec, label_map)
-        non_verb = ~torch.isin(top, torch.tensor(verb))
-        record["metrics"][tspec.name] = metrics(tspec, exs, pred, non_verb)
+                cls, top = score(lm.model, ctx, q, verb, cfg.batch_size, lm.tokenizer.pad_token_id, cache=cache, progress=bar, head=head)
+        pred = map_predictions(cls.argmax(-1), spec, tspec, label_map)
+        metrics_out[tspec.name] = metrics(tspec, exs, pred, ~torch.isin(top, torch.tensor(verb)))
         n_tok = sum(len(x) for x in q)
         fl = flops.forward(n_tok, sum(causal_pairs(len(ctx), len(x)) for x in q), len(q))
-        record["measure"][tspec.name] = {
+        measure[tspec.name] = {
             "seconds": m.seconds,
             "examples_per_s": len(q) / m.seconds,
             "query_tokens": n_tok,
@@ -254,10 +267,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "flops": fl,
             "mfu": fl / (peak * m.seconds),
         }
-    record["measure"]["matmul_peak_tflops"] = peak / 1e12
-    if cfg.out:
-        record["path"] = str(write_record(record, cfg.out))
-    return record
+    return metrics_out, measure
 
 
 def check_fits(ctx: Sequence[int], queries: dict[str, list[list[int]]], max_length: int | None) -> None:

@@ -151,6 +151,7 @@ def dequantised_folder(gguf: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a normal folder
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race; its folder is as good as ours

@@ -34,15 +34,21 @@ def eval_tables(record: dict) -> list[Table]:
     return tables
 
 
-def print_eval(record: dict, console: Console | None = None) -> None:
-    console = console or Console()
+def console() -> Console:
+    """A console; when the output is not a terminal (a log, a pipe), wide enough for the tables."""
+    c = Console()
+    return c if c.is_terminal else Console(width=150)
+
+
+def print_eval(record: dict, con: Console | None = None) -> None:
+    con = con or console()
     for t in eval_tables(record):
-        console.print(t)
+        con.print(t)
     ctx = record["measure"]["context"]
-    console.print(
+    con.print(
         f"context: {record['context_tokens']} tokens encoded once in {ctx['seconds']:.2f} s | "
         f"model load {record['model']['load_seconds']:.1f} s ({record['model']['dtype']}) | "
         f"matmul peak {record['measure']['matmul_peak_tflops']:.2f} TFLOP/s"
     )
     if "path" in record:
-        console.print(f"record: {record['path']}")
+        con.print(f"record: {record['path']}")

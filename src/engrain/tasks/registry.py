@@ -68,7 +68,7 @@ def register(spec: TaskSpec) -> TaskSpec:
 register(
     TaskSpec(
         name="rte",
-        description="RTE (GLUE): does the premise entail the hypothesis? 2 labels",
+        description="RTE (GLUE): does the premise entail the hypothesis?",
         fields=PH,
         labels=NLI2,
         splits={
@@ -89,7 +89,7 @@ register(
 register(
     TaskSpec(
         name="mnli",
-        description="MultiNLI binarised as in llmft (neutral dropped, contradiction -> not_entailment); 2 labels",
+        description="MultiNLI binarised as llmft: neutral dropped, contradiction -> not_entailment",
         fields=PH,
         labels=NLI2,
         splits=_mnli_splits(MNLI2_LABELS),
@@ -101,7 +101,7 @@ register(
 register(
     TaskSpec(
         name="mnli3",
-        description="MultiNLI, 3 labels; on HANS, neutral and contradiction count as not_entailment",
+        description="MultiNLI, 3-way; on HANS neutral/contradiction count as not_entailment",
         fields=PH,
         labels=NLI3,
         splits=_mnli_splits(MNLI3_LABELS),
@@ -113,7 +113,7 @@ register(
 register(
     TaskSpec(
         name="hans",
-        description="HANS (McCoy et al. 2019): NLI heuristics probe, out-of-domain for rte/mnli; evaluation only",
+        description="HANS (McCoy et al. 2019) NLI heuristics probe; evaluation only",
         fields=PH,
         labels=NLI2,
         splits={
@@ -159,7 +159,7 @@ QQP_LABELS = {"0": NODUP, "1": DUP}
 register(
     TaskSpec(
         name="qqp",
-        description="Quora Question Pairs: are the two questions duplicates? 2 labels",
+        description="Quora Question Pairs: are the two questions duplicates?",
         fields=QQ,
         labels=(NODUP, DUP),
         splits={
@@ -180,7 +180,7 @@ register(
 register(
     TaskSpec(
         name="paws-qqp",
-        description="PAWS-QQP dev+test: adversarial paraphrases with high word overlap; OOD for qqp; evaluation only",
+        description="PAWS-QQP: adversarial paraphrases with high word overlap; evaluation only",
         fields=QQ,
         labels=(NODUP, DUP),
         splits={
@@ -219,7 +219,7 @@ GLUE_COLA = dict(path="nyu-mll/glue", config="cola", columns={"sentence": "sente
 register(
     TaskSpec(
         name="cola",
-        description="CoLA: is the sentence grammatically acceptable? 2 labels",
+        description="CoLA: is the sentence grammatically acceptable?",
         fields=("sentence",),
         labels=(BAD, GOOD),
         splits={
@@ -237,7 +237,7 @@ register(
 register(
     TaskSpec(
         name="cola-ood",
-        description="CoLA out-of-domain dev (sentences from other sources); OOD for cola; evaluation only",
+        description="CoLA out-of-domain dev; evaluation only",
         fields=("sentence",),
         labels=(BAD, GOOD),
         splits={

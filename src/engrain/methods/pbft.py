@@ -1,0 +1,25 @@
+"""Pattern-based fine-tuning (Schick & Schuetze; llmft's OPTWithLMClassifier): the LM head predicts
+the verbaliser token of the gold label at the answer position of the task's pattern."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engrain.methods import forward_last
+
+
+class PBFT:
+    name = "pbft"
+    head = None
+
+    def __init__(self, verbalizer_ids: list[int], full_vocab: bool = False):
+        self.verbalizer_ids = list(verbalizer_ids)
+        self.full_vocab = full_vocab  # cross-entropy over the whole vocabulary instead of the verbalisers
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = forward_last(model, batch).logits[:, -1].float()  # (B, V)
+        verb = torch.tensor(self.verbalizer_ids, device=logits.device)
+        if self.full_vocab:
+            return F.cross_entropy(logits, verb[batch["labels"]])
+        return F.cross_entropy(logits[:, verb], batch["labels"])  # (B, C) over the task's labels
