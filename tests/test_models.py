@@ -51,7 +51,7 @@ def test_bf16_body_with_fp32_head(tiny_model_dir, tiny):
     assert lm.model.model.layers[0].mlp.up_proj.weight.dtype is torch.bfloat16
     head = lm.model.get_output_embeddings()
     assert head.weight.dtype is torch.float32
-    assert head.weight.data_ptr() != lm.model.get_input_embeddings().weight.data_ptr()
+    assert head.weight.data_ptr() != lm.model.get_input_embeddings().weight.data_ptr()  # an fp32 copy
     ids = tiny.tokenizer(["The cat sat on the mat. Yes or No? answer:"], return_tensors="pt")["input_ids"]
     low = lm.model(input_ids=ids).logits[0, -1]
     ref = tiny.model(input_ids=ids).logits[0, -1]

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 import typing
 
-from engrain.config import EvalConfig, from_dict, load_yaml
+from engrain.config import EvalConfig, TrainConfig, from_dict, load_yaml
 from engrain.errors import EngrainError
 
 
@@ -41,6 +41,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from engrain.report import print_eval
 
     print_eval(evaluate(build_config(EvalConfig, args)))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from engrain.report import print_eval
+    from engrain.train import train
+
+    print_eval(train(build_config(TrainConfig, args)))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -82,6 +89,10 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML file with the same option names; flags override it")
     add_config_flags(e, EvalConfig)
     e.set_defaults(func=cmd_eval)
+    t = sub.add_parser("train", help="few-shot fine-tuning (pbft / head; full / lora / bitfit / ia3), evaluated per epoch")
+    t.add_argument("--config", help="YAML file with the same option names; flags override it")
+    add_config_flags(t, TrainConfig)
+    t.set_defaults(func=cmd_train)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
     return p

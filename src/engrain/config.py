@@ -40,6 +40,7 @@ class EvalConfig:
     data_dir: str | None = opt(None, "folder laid out like engrain's data (default: $ENGRAIN_DATA, else the hub)")
     out: str | None = opt("runs", "folder for the run record (JSON); empty to write none")
     progress: bool = opt(True, "show progress bars")
+    adapter: str | None = opt(None, "evaluate a model saved by `engrain train` (its folder); prompts without demonstrations, --shots is ignored")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -50,6 +51,8 @@ class EvalConfig:
 
         spec = get_task(self.task)
         spec.prompt_format(self.format, self.template)
+        if self.adapter is not None:
+            self.shots = 0
         _at_least("shots", self.shots, 0)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise EngrainError(f"--seed must be an integer, got {self.seed!r}")
@@ -136,6 +139,8 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--method must be one of pbft, head (icl trains nothing: use engrain eval), got {self.method!r}")
         if self.params not in PARAM_SETS:
             raise EngrainError(f"--params must be one of {', '.join(PARAM_SETS)}, got {self.params!r}")
+        if self.adapter is not None:
+            raise EngrainError("--adapter is an option of engrain eval (evaluate a trained model), not of train")
         if self.target_modules is not None and self.params not in ("lora", "ia3"):
             raise EngrainError(f"--target-modules applies to --params lora or ia3, not {self.params}")
         for name, value in PRESETS[self.params].items():

@@ -213,18 +213,25 @@ def map_predictions(pred: torch.Tensor, spec: TaskSpec, target: TaskSpec, label_
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Run one ICL evaluation end to end and return its record (also written under ``cfg.out``)."""
-    from engrain.models import load_model
+    from engrain.models import load_model, resolve_dtype
+    from engrain.params import load_trained, read_adapter_meta
     from engrain.results import base_record, write_record
 
     cfg.validate()
     spec = get_task(cfg.task)
-    fmt = spec.prompt_format(cfg.format, cfg.template)
+    meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
+    fmt = spec.prompt_format(cfg.format or meta.get("format"), cfg.template or meta.get("template"))
     # Data first (cheap, and bad files fail before the model loads).
     sets = eval_sets(spec, cfg)
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
     demos = sample_few_shot(spec, load_split(spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude) if cfg.shots else []
 
-    lm = load_model(cfg.model, cfg.precision, cfg.device)
+    head = None
+    if cfg.adapter:  # fp32 weights + bf16 autocast, exactly as training evaluated it
+        lm, head, meta = load_trained(cfg.adapter, cfg.device)
+        lm.dtype = resolve_dtype(cfg.precision, lm.device)
+    else:
+        lm = load_model(cfg.model, cfg.precision, cfg.device)
     prompter = Prompter(spec, fmt, lm.tokenizer)
     verb = prompter.verbalizer_ids()
     ctx = prompter.context_ids(demos)
@@ -233,10 +240,12 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     with Meter(lm.device) as m_ctx:
         cache = encode_context(lm.model, ctx)
-    record = base_record("eval", "icl", cfg, lm)
+    record = base_record("eval", meta.get("method", "icl"), cfg, lm)
     record["demonstrations"] = [{"line": d["line"], "label": spec.labels[d["label"]]} for d in demos]
     record["context_tokens"] = len(ctx)
-    metrics_, measure = score_sets(lm, spec, sets, ctx, queries, verb, cfg, cache=cache)
+    autocast = cfg.adapter is not None and lm.dtype != torch.float32
+    with torch.autocast(lm.device.type, dtype=lm.dtype, enabled=autocast):
+        metrics_, measure = score_sets(lm, spec, sets, ctx, queries, verb, cfg, cache=cache, head=head)
     record["metrics"] = metrics_
     record["measure"] = {"context": {"seconds": m_ctx.seconds, "tokens": len(ctx)}, **measure}
     if cfg.out:

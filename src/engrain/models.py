@@ -184,9 +184,8 @@ class LoadedModel:
 def load_model(name: str, precision: str = "auto", device: str = "auto", fp32_head: bool = True) -> LoadedModel:
     """Load model + tokenizer for inference.
 
-    The weights are held in the compute dtype (bf16 where the hardware has it). With ``fp32_head``
-    the output layer runs in fp32, so the verbaliser logits are not rounded to bf16 steps (which
-    would produce ties between " Yes" and " No"); it costs one fp32 row-vector product per query.
+    The weights are held in ``precision`` (auto: bf16 where the hardware has it). With ``fp32_head``
+    the output layer runs in fp32 (:class:`FP32Head`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -205,23 +204,34 @@ def load_model(name: str, precision: str = "auto", device: str = "auto", fp32_he
     model.to(dev).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    if fp32_head and dtype != torch.float32:
-        upcast_output_head(model)
+    if fp32_head:
+        fp32_output_head(model)
     return LoadedModel(model, tok, name, str(where), dtype, dev, time.perf_counter() - t0)
 
 
-def upcast_output_head(model: torch.nn.Module) -> None:
-    """Replace the output layer by an fp32 copy (untied from the embeddings) that upcasts its input."""
+class FP32Head(torch.nn.Module):
+    """The output layer computed in fp32, outside any bf16 autocast, so verbaliser logits are not
+    rounded to bf16 steps (which produces " Yes"/" No" ties). Costs one fp32 row-vector product per
+    scored position. Shares the weight with the wrapped layer (tying is kept) unless it must upcast it."""
+
+    def __init__(self, head: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = head.in_features, head.out_features
+        if head.weight.dtype == torch.float32:
+            self.weight, self.bias = head.weight, head.bias
+        else:  # bf16 inference weights: keep an fp32 copy of this one layer
+            self.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+            self.bias = None if head.bias is None else torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.nn.functional.linear(x.float(), self.weight, self.bias)
+
+
+def fp32_output_head(model: torch.nn.Module) -> None:
     head = model.get_output_embeddings()
-    new = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, device=head.weight.device)
-    with torch.no_grad():
-        new.weight.copy_(head.weight.float())
-        if head.bias is not None:
-            new.bias.copy_(head.bias.float())
-    new.requires_grad_(False)
-    new.register_forward_pre_hook(lambda _m, args: (args[0].float(),))
-    model.set_output_embeddings(new)
-    model.config.tie_word_embeddings = False
+    if not isinstance(head, FP32Head):
+        model.set_output_embeddings(FP32Head(head))
 
 
 def describe_aliases() -> list[tuple[str, str]]:

@@ -93,3 +93,52 @@ def trainable_summary(model: torch.nn.Module, extra: torch.nn.Module | None = No
     trainable = sum(p.numel() for m in mods for p in m.parameters() if p.requires_grad)
     total = sum(p.numel() for m in mods for p in m.parameters())
     return {"trainable": trainable, "total": total, "share": trainable / total}
+
+
+def read_adapter_meta(folder) -> dict:
+    import json
+    from pathlib import Path
+
+    meta_file = Path(folder) / "engrain.json"
+    if not meta_file.is_file():
+        raise EngrainError(f"{folder} is not an engrain adapter folder (no engrain.json)")
+    try:
+        return json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise EngrainError(f"{meta_file}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def load_trained(path: str, device: str = "auto"):
+    """Rebuild a model saved by ``engrain train`` (the folder holding ``engrain.json``).
+
+    Returns (LoadedModel with fp32 weights, classification head or None, metadata). Evaluate it under
+    bf16 autocast, as training's own evaluation does, to get the same numbers.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from engrain.models import load_model
+
+    folder = Path(path)
+    meta = read_adapter_meta(folder)
+    lm = load_model(str(folder) if meta["params"] == "full" else meta["base_model"], "fp32", device)
+    if meta["params"] in ("lora", "ia3"):
+        from peft import PeftModel
+
+        lm.model = PeftModel.from_pretrained(lm.model, folder).eval()
+    elif meta["params"] == "bitfit":
+        biases = load_file(str(folder / "bitfit.safetensors"))
+        add_bitfit(lm.model)
+        missing = set(biases) - {n for n, _ in lm.model.named_parameters()}
+        if missing:
+            raise EngrainError(f"{folder}/bitfit.safetensors: {len(missing)} biases do not match the base model, e.g. {sorted(missing)[0]}")
+        lm.model.load_state_dict(biases, strict=False)
+        lm.model.requires_grad_(False)
+    head = None
+    if (folder / "head.safetensors").is_file():
+        w = load_file(str(folder / "head.safetensors"))["weight"]
+        head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        head.weight.data.copy_(w)
+        head.to(lm.device).requires_grad_(False)
+    return lm, head, meta

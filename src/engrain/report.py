@@ -44,11 +44,23 @@ def print_eval(record: dict, con: Console | None = None) -> None:
     con = con or console()
     for t in eval_tables(record):
         con.print(t)
-    ctx = record["measure"]["context"]
-    con.print(
-        f"context: {record['context_tokens']} tokens encoded once in {ctx['seconds']:.2f} s | "
-        f"model load {record['model']['load_seconds']:.1f} s ({record['model']['dtype']}) | "
-        f"matmul peak {record['measure']['matmul_peak_tflops']:.2f} TFLOP/s"
-    )
+    meas = record["measure"]
+    if "context" in meas:
+        con.print(
+            f"context: {record['context_tokens']} tokens encoded once in {meas['context']['seconds']:.2f} s | "
+            f"model load {record['model']['load_seconds']:.1f} s ({record['model']['dtype']}) | "
+            f"matmul peak {meas['matmul_peak_tflops']:.2f} TFLOP/s"
+        )
+    if "train" in meas:
+        tr, tp = meas["train"], record["trainable_parameters"]
+        con.print(
+            f"train: {tr['steps']} steps in {tr['seconds']:.1f} s | {tr['tokens_per_s']:.0f} tokens/s | MFU {tr['mfu']:.1%} | "
+            f"peak {tr['peak_memory_mb']:.0f} MB | trainable {tp['trainable']:,} ({tp['share']:.3%})"
+        )
+        for point in record["curve"]:
+            accs = "  ".join(f"{k} {v['accuracy']:.3f}" for k, v in point["metrics"].items())
+            con.print(f"  epoch {point['epoch']:>3} step {point['step']:>4} loss {point['loss']:.4f}  {accs}")
+    if "adapter" in record:
+        con.print(f"adapter: {record['adapter']['path']} ({record['adapter']['bytes'] / 2**20:.1f} MiB)")
     if "path" in record:
         con.print(f"record: {record['path']}")

@@ -20,6 +20,8 @@ def model_slug(name: str) -> str:
 
 def run_name(kind: str, method: str, cfg) -> str:
     name = f"{cfg.task}-{method}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
+    if getattr(cfg, "adapter", None):
+        name += f"-{Path(cfg.adapter).name}"
     if getattr(cfg, "limit", None):
         name += f"-n{cfg.limit}"
     return f"{kind}-{name}"

@@ -1,0 +1,223 @@
+"""Few-shot fine-tuning on Accelerate: `accelerate launch` runs this same code on several processes.
+
+fp32 master weights for the trainable parameters, bf16 autocast where the hardware has it; AdamW,
+linear warmup then linear decay (or constant), clipping, accumulation; batches padded to their own
+longest member. In-domain and out-of-domain accuracy every epoch (on a seeded stratified sample)
+and on the full sets at the end; the whole curve goes into the run record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from engrain.config import TrainConfig
+from engrain.data import Prompter, example_key, sample_few_shot
+from engrain.evaluate import check_fits, eval_sets, left_pad, positions, score_sets
+from engrain.measure import FlopModel, Meter, causal_pairs
+from engrain.methods import build_method
+from engrain.params import ParamSpec, apply_params, trainable_summary
+from engrain.tasks import Example, get_task, load_split
+
+
+def stratified_sample(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
+    """At most n examples, label shares kept, seeded; in file order."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_label[ex["label"]].append(i)
+    rng, keep = random.Random(seed), []
+    for idx in by_label.values():
+        keep += rng.sample(idx, max(1, round(n * len(idx) / len(examples))))
+    return [examples[i] for i in sorted(keep)[:n]]
+
+
+def collate(items: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    ids, mask = left_pad([x for x, _ in items], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask), "labels": torch.tensor([y for _, y in items])}
+
+
+def build_optimizer(params, cfg: TrainConfig, total_steps: int):
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * total_steps)
+    if cfg.schedule == "linear":
+        return opt, get_linear_schedule_with_warmup(opt, warmup, total_steps)
+    return opt, get_constant_schedule_with_warmup(opt, warmup)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Fine-tune on k examples, evaluate per epoch and at the end, save the adapter and the record."""
+    return train_model(cfg)[0]
+
+
+def train_model(cfg: TrainConfig):
+    """As :func:`train`, also returning the trained model and classification head (or None)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from engrain.models import load_model, resolve_device, resolve_dtype
+    from engrain.results import base_record, write_record
+
+    cfg.validate()
+    spec = get_task(cfg.task)
+    fmt = spec.prompt_format(cfg.format, cfg.template)
+    sets = eval_sets(spec, cfg)
+    exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
+    shots = sample_few_shot(spec, load_split(spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
+
+    compute = resolve_dtype(cfg.precision, resolve_device(cfg.device))
+    acc = Accelerator(
+        mixed_precision="bf16" if compute == torch.bfloat16 else "no",
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=cfg.device == "cpu",
+    )
+    set_seed(cfg.seed)
+    lm = load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
+    lm.dtype = compute  # what the matmuls run in (autocast), for MFU
+    prompter = Prompter(spec, fmt, lm.tokenizer)
+    verb = prompter.verbalizer_ids()
+    prefix = prompter.context_ids([])  # BOS where the tokenizer uses one; no demonstrations
+    queries = {s.name: prompter.query_ids(exs, with_context=False) for s, exs, _ in sets}
+    train_ids = [prefix + q for q in prompter.query_ids(shots, with_context=False)]
+    check_fits(prefix, {"train": train_ids, **queries}, lm.max_length)
+
+    targets = tuple(t.strip() for t in cfg.target_modules.split(",")) if cfg.target_modules else None
+    model = apply_params(lm.model, ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets))
+    method = build_method(cfg.method, verb, lm.model.config.get_text_config().hidden_size, len(spec.labels),
+                          full_vocab_loss=cfg.full_vocab_loss)
+    head = method.head
+    trainable = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    summary = trainable_summary(model, head)
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    pad = lm.tokenizer.pad_token_id
+    loader = torch.utils.data.DataLoader(
+        list(zip(train_ids, (ex["label"] for ex in shots))), batch_size=cfg.train_batch_size, shuffle=True,
+        generator=g, collate_fn=lambda b: collate(b, pad),
+    )
+    steps_per_epoch = -(-len(loader) // cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    opt, sched = build_optimizer(trainable, cfg, total_steps)
+    if head is not None:
+        model, head, opt, loader, sched = acc.prepare(model, head, opt, loader, sched)
+        method.head = head
+    else:
+        model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+
+    sample_sets = [(s, stratified_sample(exs, cfg.eval_sample, cfg.seed), m) for s, exs, m in sets]
+    record = base_record("train", cfg.method, cfg, lm)
+    record["name"] = record["name"].replace(f"-{cfg.method}-", f"-{cfg.method}-{cfg.params}-")
+    record["trainable_parameters"] = summary
+    record["train_examples"] = [{"line": ex["line"], "label": spec.labels[ex["label"]]} for ex in shots]
+    curve, tokens_seen, step = [], 0, 0
+    fm = FlopModel.of(lm.model)
+
+    def evaluate_now(which, full: bool) -> dict:
+        model.eval()
+        with acc.autocast():
+            qs = {s.name: prompter.query_ids(exs, with_context=False) for s, exs, _ in which}
+            m, meas = score_sets(lm, spec, which, prefix, qs, verb, cfg, head=acc.unwrap_model(head) if head else None,
+                                 progress=cfg.progress and full)
+        model.train()
+        return {"metrics": m, "measure": meas}
+
+    bar = _bar(cfg.progress and acc.is_main_process, total_steps)
+    model.train()
+    with Meter(lm.device) as m_train:
+        for epoch in range(1, cfg.epochs + 1):
+            for batch in loader:
+                with acc.accumulate(model):
+                    with acc.autocast():
+                        loss = method.loss(model, batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        if cfg.max_grad_norm:
+                            acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad()
+                tokens_seen += int(batch["attention_mask"].sum()) * acc.num_processes
+                if acc.sync_gradients:
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        curve.append({"epoch": epoch, "step": step, "loss": loss.item(), **evaluate_now(sample_sets, False)})
+            if not cfg.eval_every:
+                curve.append({"epoch": epoch, "step": step, "loss": loss.item(), **evaluate_now(sample_sets, False)})
+    bar.close()
+    eval_seconds = sum(sum(v["seconds"] for k, v in c["measure"].items() if isinstance(v, dict)) for c in curve)
+    final = evaluate_now(sets, True)
+
+    train_seconds = m_train.seconds - eval_seconds
+    # training FLOPs ~ 3x forward (forward + backward) over the tokens seen
+    fl = 3 * fm.forward(tokens_seen, sum(causal_pairs(0, len(x)) for x in train_ids) * cfg.epochs, 0)
+    record["curve"] = curve
+    record["metrics"] = final["metrics"]
+    record["measure"] = {
+        **final["measure"],
+        "train": {
+            "seconds": train_seconds,
+            "steps": step,
+            "tokens": tokens_seen,
+            "tokens_per_s": tokens_seen / train_seconds,
+            "peak_memory_mb": m_train.peak_mb,
+            "mfu": fl / (final["measure"]["matmul_peak_tflops"] * 1e12 * train_seconds),
+            "per_epoch_eval_seconds": eval_seconds,
+        },
+    }
+    if acc.is_main_process and cfg.out:
+        out = Path(cfg.out)
+        adapter = save_adapter(acc.unwrap_model(model), acc.unwrap_model(head) if head else None, cfg, lm, out / record["name"])
+        record["adapter"] = {"path": str(adapter), "bytes": sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())}
+        record["path"] = str(write_record(record, out))
+    acc.wait_for_everyone()
+    return record, acc.unwrap_model(model), (acc.unwrap_model(head) if head else None)
+
+
+def save_adapter(model, head, cfg: TrainConfig, lm, target: Path) -> Path:
+    """Write what was trained to ``target`` atomically (temp folder + rename).
+
+    lora/ia3: a peft adapter folder (``PeftModel.from_pretrained`` loads it); bitfit: the biases as
+    safetensors; full: the whole model + tokenizer; head: ``head.safetensors``. ``engrain.json``
+    says how to rebuild the model for ``engrain eval --adapter``.
+    """
+    from safetensors.torch import save_file
+
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if cfg.params in ("lora", "ia3"):
+        model.save_pretrained(tmp)
+    elif cfg.params == "bitfit":
+        biases = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(biases, str(tmp / "bitfit.safetensors"))
+    else:
+        model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+    if head is not None:
+        save_file({"weight": head.weight.detach().float().contiguous()}, str(tmp / "head.safetensors"))
+    meta = {"engrain_adapter": 1, "method": cfg.method, "params": cfg.params, "base_model": cfg.model,
+            "task": cfg.task, "format": cfg.format, "template": cfg.template}
+    (tmp / "engrain.json").write_text(json.dumps(meta, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _bar(enabled: bool, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+

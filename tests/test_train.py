@@ -1,0 +1,114 @@
+"""Few-shot fine-tuning: one matrix over method x parameter set on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engrain import EvalConfig, evaluate
+from engrain.config import TrainConfig
+from engrain.errors import EngrainError
+from engrain.models import load_model
+from engrain.train import train_model
+
+MATRIX = [(m, p) for m in ("pbft", "head") for p in ("full", "lora", "bitfit", "ia3")]
+LR = {"full": 1e-3, "lora": 1e-2, "bitfit": 1e-2, "ia3": 5e-2}
+
+
+def cfg_for(tiny_model_dir, data_dir, out, method, params, **kw):
+    base = dict(model=str(tiny_model_dir), task="rte", shots=8, epochs=3, limit=16, eval_sample=8, data_dir=str(data_dir),
+                out=str(out), progress=False, method=method, params=params, lr=LR[params], warmup_ratio=0.0, precision="fp32",
+                train_batch_size=4)
+    return TrainConfig(**{**base, **kw})
+
+
+def changed(before: dict, model: torch.nn.Module) -> set[str]:
+    after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach() for n, p in model.named_parameters()}
+    return {n for n, p in after.items() if n not in before or not torch.equal(before[n], p)}
+
+
+@pytest.mark.parametrize("method,params", MATRIX)
+def test_only_intended_parameters_change_and_adapter_round_trips(tiny_model_dir, data_dir, tmp_path, method, params):
+    before = {n: p.detach().clone() for n, p in load_model(str(tiny_model_dir), "fp32", "cpu").model.named_parameters()}
+    rec, model, head = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, method, params))
+    moved = changed(before, model)
+    assert moved, "training changed nothing"
+    if params == "full":
+        assert any("layers.0.self_attn.q_proj.weight" in n for n in moved)
+    elif params == "lora":
+        assert moved and all("lora_" in n for n in moved), moved
+    elif params == "bitfit":
+        assert moved and all(n.endswith(".bias") for n in moved), moved
+        assert not any("embed" in n or "lm_head" in n for n in moved)
+    elif params == "ia3":
+        assert moved and all("ia3_" in n for n in moved), moved
+    assert (head is not None) == (method == "head")
+    tp = rec["trainable_parameters"]
+    assert 0 < tp["trainable"] <= tp["total"] and (params == "full") == (tp["share"] > 0.5)
+    assert len(rec["curve"]) == 3 and set(rec["curve"][0]["metrics"]) == {"rte", "hans"}
+    # save -> load -> the same predictions as at the end of training
+    ev = evaluate(EvalConfig(model=str(tiny_model_dir), task="rte", adapter=rec["adapter"]["path"], limit=16,
+                             data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32"))
+    for split in ("rte", "hans"):
+        assert ev["metrics"][split]["predicted_share"] == rec["metrics"][split]["predicted_share"]
+        assert ev["metrics"][split]["accuracy"] == rec["metrics"][split]["accuracy"]
+    on_disk = json.loads(open(rec["path"]).read())
+    assert on_disk["measure"]["train"]["tokens"] > 0 and on_disk["adapter"]["bytes"] > 0
+
+
+def test_saved_lora_loads_in_peft(tiny_model_dir, data_dir, tmp_path):
+    from peft import PeftModel
+
+    rec, model, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", epochs=1))
+    base = load_model(str(tiny_model_dir), "fp32", "cpu").model
+    loaded = PeftModel.from_pretrained(base, rec["adapter"]["path"])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_loss_falls_on_the_few_shot_set(tiny_model_dir, data_dir, tmp_path):
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", epochs=12, lr=3e-2, eval_sample=2, ood=False))
+    losses = [c["loss"] for c in rec["curve"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_lora_at_initialisation_gives_base_logits(tiny_model_dir):
+    from engrain.params import ParamSpec, apply_params
+
+    base = load_model(str(tiny_model_dir), "fp32", "cpu").model
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    ref = base(input_ids=ids).logits
+    peft_model = apply_params(base, ParamSpec("lora", lora_r=4))
+    torch.testing.assert_close(peft_model(input_ids=ids).logits, ref)
+
+
+def test_bitfit_at_initialisation_gives_base_logits(tiny_model_dir):
+    from engrain.params import add_bitfit
+
+    base = load_model(str(tiny_model_dir), "fp32", "cpu").model
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    ref = base(input_ids=ids).logits
+    assert add_bitfit(base) > 0
+    torch.testing.assert_close(base(input_ids=ids).logits, ref)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"epochs": 0}, r"--epochs must be an integer >= 1"),
+    ({"lr": -1.0}, r"--lr must be > 0"),
+    ({"params": "prefixx"}, r"--params must be one of full, lora, bitfit, ia3"),
+    ({"method": "icl"}, r"--method must be one of pbft, head"),
+    ({"params": "bitfit", "target_modules": "q_proj"}, r"--target-modules applies to --params lora or ia3"),
+    ({"shots": 0}, r"--shots must be an integer >= 1"),
+    ({"warmup_ratio": 2.0}, r"--warmup-ratio must be in \[0, 1\]"),
+])
+def test_bad_options_fail_before_loading(kw, message):
+    with pytest.raises(EngrainError, match=message):
+        TrainConfig(model="/no/such/model", **kw)
+
+
+def test_target_modules_matching_nothing(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(EngrainError, match=r"--target-modules 'query' matches no layer of this model"):
+        train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", target_modules="query"))
+    assert not list(tmp_path.iterdir())
