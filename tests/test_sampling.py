@@ -90,3 +90,28 @@ def test_class_too_small_for_balance(rte):
 def test_zero_shots(rte):
     spec, train, _ = rte
     assert sample_few_shot(spec, train, 0, 0) == []
+
+
+def test_stratified_sample_of_hans(data_dir):
+    from engrain.data import stratified_sample
+
+    spec = get_task("hans")
+    hans = load_split(spec, "validation", data_dir)
+    got = stratified_sample(spec, hans, 3000, 0)
+    cells = Counter((ex["label"], ex["heuristic"]) for ex in got)
+    full = Counter((ex["label"], ex["heuristic"]) for ex in hans)
+    assert len(got) == 3000 and len(cells) == 6
+    assert all(abs(cells[c] - 3000 * full[c] / 15000) < 1 for c in full), (cells, full)
+    assert [ex["line"] for ex in got] == [ex["line"] for ex in stratified_sample(spec, hans, 3000, 0)]
+    assert got != stratified_sample(spec, hans, 3000, 1)
+    lines_in_order = [int(ex["line"].split(":")[1]) for ex in got]
+    assert lines_in_order == sorted(lines_in_order)
+
+
+def test_stratified_sample_keeps_label_shares(data_dir):
+    from engrain.data import stratified_sample
+
+    spec = get_task("mnli")
+    got = stratified_sample(spec, load_split(spec, "validation", data_dir), 2000, 0)
+    shares = Counter(ex["label"] for ex in got)
+    assert len(got) == 2000 and abs(shares[0] / len(got) - 3479 / 6692) < 0.01

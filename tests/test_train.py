@@ -112,3 +112,34 @@ def test_target_modules_matching_nothing(tiny_model_dir, data_dir, tmp_path):
     with pytest.raises(EngrainError, match=r"--target-modules 'query' matches no layer of this model"):
         train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", target_modules="query"))
     assert not list(tmp_path.iterdir())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_ends_identical_on_both_ranks(tiny_model_dir, data_dir, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): the same code, weights identical on both ranks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    for attempt in range(2):  # the first torch.distributed start on these machines has been seen to abort once
+        out = tmp_path / f"try{attempt}"
+        cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(Path(__file__).with_name("ddp_worker.py")), str(tiny_model_dir), str(data_dir), str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2
+    assert ranks[0]["sha"] == ranks[1]["sha"]
+    assert ranks[0]["steps"] == 4  # 8 examples / (2 per process x 2 processes) x 2 epochs
+    assert len(list(out.glob("train-*.json"))) == 1, "only the main process writes the record"

@@ -34,6 +34,7 @@ class EvalConfig:
     balanced: bool = opt(True, "sample demonstrations class-balanced")
     ood: bool = opt(True, "also evaluate on the task's out-of-domain partners")
     limit: int | None = opt(None, "evaluate on the first N examples of each split")
+    sample: int | None = opt(None, "evaluate on a seeded sample of N examples per set, stratified by label (and HANS heuristic)")
     batch_size: int = opt(16, "queries per forward pass")
     precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16 or fp32")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
@@ -59,6 +60,8 @@ class EvalConfig:
         _at_least("batch_size", self.batch_size, 1)
         if self.limit is not None:
             _at_least("limit", self.limit, 1)
+        if self.sample is not None:
+            _at_least("sample", self.sample, 1)
         if self.precision not in PRECISIONS:
             raise EngrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.shots > 0 and "train" not in spec.splits:

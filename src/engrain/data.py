@@ -66,6 +66,30 @@ def sample_few_shot(
     return chosen
 
 
+def stratified_sample(spec: TaskSpec, examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
+    """A seeded sample of at most n examples with the shares of each stratum kept, in file order.
+
+    Strata are the gold label crossed with the task's breakdown columns (HANS: heuristic); each
+    stratum gets its proportional share (3,000 of the local 15,000 HANS pairs: 491-511 per
+    heuristic x label, as the cells hold 2,456-2,555).
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    strata: dict[tuple, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        strata[(ex["label"], *(ex[c] for c in spec.breakdown))].append(i)
+    keys = sorted(strata)
+    # Proportional quotas that sum to exactly n (largest remainder).
+    exact = [n * len(strata[k]) / len(examples) for k in keys]
+    quota = [int(q) for q in exact]
+    for j in sorted(range(len(keys)), key=lambda j: quota[j] - exact[j])[: n - sum(quota)]:
+        quota[j] += 1
+    rng, keep = random.Random(seed), []
+    for k, q in zip(keys, quota):
+        keep += rng.sample(strata[k], q)
+    return [examples[i] for i in sorted(keep)]
+
+
 @dataclass
 class Prompter:
     """Turns examples into token ids for one task, format and tokenizer.

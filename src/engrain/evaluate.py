@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from engrain.config import EvalConfig
-from engrain.data import Prompter, example_key, sample_few_shot
+from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
 from engrain.errors import EngrainError
 from engrain.measure import FlopModel, Meter, causal_pairs, matmul_peak
 from engrain.tasks import Example, TaskSpec, get_task, load_split
@@ -199,6 +199,8 @@ def eval_sets(spec: TaskSpec, cfg) -> list[tuple[TaskSpec, list[Example], dict[s
             sets.append((pspec, load_split(pspec, "validation", cfg.data_dir), partner.label_map))
     if cfg.limit:
         sets = [(s, ex[: cfg.limit], m) for s, ex, m in sets]
+    if cfg.sample:
+        sets = [(s, stratified_sample(s, ex, cfg.sample, cfg.seed), m) for s, ex, m in sets]
     return sets
 
 

@@ -24,6 +24,8 @@ def run_name(kind: str, method: str, cfg) -> str:
         name += f"-{Path(cfg.adapter).name}"
     if getattr(cfg, "limit", None):
         name += f"-n{cfg.limit}"
+    if getattr(cfg, "sample", None):
+        name += f"-sample{cfg.sample}"
     return f"{kind}-{name}"
 
 

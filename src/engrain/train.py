@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from engrain.config import TrainConfig
-from engrain.data import Prompter, example_key, sample_few_shot
+from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
 from engrain.evaluate import check_fits, eval_sets, left_pad, positions, score_sets
 from engrain.measure import FlopModel, Meter, causal_pairs
 from engrain.methods import build_method
 from engrain.params import ParamSpec, apply_params, trainable_summary
-from engrain.tasks import Example, get_task, load_split
-
-
-def stratified_sample(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
-    """At most n examples, label shares kept, seeded; in file order."""
-    if n is None or n >= len(examples):
-        return list(examples)
-    by_label: dict[int, list[int]] = defaultdict(list)
-    for i, ex in enumerate(examples):
-        by_label[ex["label"]].append(i)
-    rng, keep = random.Random(seed), []
-    for idx in by_label.values():
-        keep += rng.sample(idx, max(1, round(n * len(idx) / len(examples))))
-    return [examples[i] for i in sorted(keep)[:n]]
+from engrain.tasks import get_task, load_split
 
 
 def collate(items: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -114,7 +98,7 @@ def train_model(cfg: TrainConfig):
     else:
         model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
 
-    sample_sets = [(s, stratified_sample(exs, cfg.eval_sample, cfg.seed), m) for s, exs, m in sets]
+    sample_sets = [(s, stratified_sample(s, exs, cfg.eval_sample, cfg.seed), m) for s, exs, m in sets]
     record = base_record("train", cfg.method, cfg, lm)
     record["name"] = record["name"].replace(f"-{cfg.method}-", f"-{cfg.method}-{cfg.params}-")
     record["trainable_parameters"] = summary
