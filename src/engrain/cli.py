@@ -50,6 +50,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     print_eval(train(build_config(TrainConfig, args)))
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from engrain.sweep import run_sweep
+
+    run_sweep(args.file, dry_run=args.dry_run)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from engrain.report import markdown, summarize
+    from engrain.results import load_records
+
+    rows = summarize(load_records(args.folder))
+    if not rows:
+        raise EngrainError(f"no run records in {args.folder}")
+    print(markdown(rows))
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from rich.table import Table
 
@@ -93,6 +109,13 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file with the same option names; flags override it")
     add_config_flags(t, TrainConfig)
     t.set_defaults(func=cmd_train)
+    sw = sub.add_parser("sweep", help="run an experiment file (YAML: out, base, grid, runs); skips runs already recorded")
+    sw.add_argument("file")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+    sw.set_defaults(func=cmd_sweep)
+    rp = sub.add_parser("report", help="mean ± std over seeds of the run records in a folder, as a markdown table")
+    rp.add_argument("folder")
+    rp.set_defaults(func=cmd_report)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
     return p

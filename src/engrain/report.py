@@ -64,3 +64,53 @@ def print_eval(record: dict, con: Console | None = None) -> None:
         con.print(f"adapter: {record['adapter']['path']} ({record['adapter']['bytes'] / 2**20:.1f} MiB)")
     if "path" in record:
         con.print(f"record: {record['path']}")
+
+
+def _mean_std(xs: list[float]) -> str:
+    import statistics
+
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f}"
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (model, task, method, parameter set, k) over seeds: accuracy mean ± std per
+    evaluation set, HANS per heuristic, train time, peak memory and per-query inference time."""
+    import statistics
+    from collections import defaultdict
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        c = r["config"]
+        variant = r["method"] if r["kind"] == "eval" else f"{r['method']}-{c['params']}"
+        groups[(c["model"], c["task"], variant, c["shots"])].append(r)
+    rows = []
+    for (model, task, variant, shots), rs in sorted(groups.items()):
+        row = {"model": model, "task": task, "method": variant, "k": shots, "seeds": sorted(r["config"]["seed"] for r in rs)}
+        for split in rs[0]["metrics"]:
+            row[split] = _mean_std([r["metrics"][split]["accuracy"] for r in rs])
+            for heur in rs[0]["metrics"][split].get("by_heuristic", {}):
+                row[f"{split}:{heur}"] = _mean_std([r["metrics"][split]["by_heuristic"][heur]["all"] for r in rs])
+            per_query = [r["measure"][split]["seconds"] / r["metrics"][split]["n"] * 1000 for r in rs]
+            row[f"{split} ms/query"] = f"{statistics.median(per_query):.1f}"
+        train = [r["measure"]["train"] for r in rs if "train" in r["measure"]]
+        row["train s"] = f"{statistics.median([t['seconds'] for t in train]):.0f}" if train else "-"
+        peaks = [r["measure"]["train"]["peak_memory_mb"] if "train" in r["measure"] else max(
+            v["peak_memory_mb"] for v in r["measure"].values() if isinstance(v, dict) and "peak_memory_mb" in v) for r in rs]
+        row["peak MB"] = f"{max(peaks):.0f}"
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        cells = [", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in (row.get(c, "") for c in cols)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

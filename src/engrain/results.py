@@ -19,7 +19,9 @@ def model_slug(name: str) -> str:
 
 
 def run_name(kind: str, method: str, cfg) -> str:
-    name = f"{cfg.task}-{method}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
+    """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
+    variant = f"{method}-{cfg.params}" if kind == "train" else method
+    name = f"{cfg.task}-{variant}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
     if getattr(cfg, "adapter", None):
         name += f"-{Path(cfg.adapter).name}"
     if getattr(cfg, "limit", None):
@@ -74,3 +76,11 @@ def read_record(path: str | Path) -> dict:
         raise EngrainError(f"run record not found: {p}") from None
     except json.JSONDecodeError as e:
         raise EngrainError(f"{p}:{e.lineno}: not a valid run record ({e.msg})") from None
+
+
+def load_records(folder: str | Path) -> list[dict]:
+    """Every run record in ``folder`` (not recursive); unreadable files are an error naming the file."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise EngrainError(f"results folder not found: {p}")
+    return [read_record(f) for f in sorted(p.glob("*.json"))]

@@ -100,7 +100,6 @@ def train_model(cfg: TrainConfig):
 
     sample_sets = [(s, stratified_sample(s, exs, cfg.eval_sample, cfg.seed), m) for s, exs, m in sets]
     record = base_record("train", cfg.method, cfg, lm)
-    record["name"] = record["name"].replace(f"-{cfg.method}-", f"-{cfg.method}-{cfg.params}-")
     record["trainable_parameters"] = summary
     record["train_examples"] = [{"line": ex["line"], "label": spec.labels[ex["label"]]} for ex in shots]
     curve, tokens_seen, step = [], 0, 0

@@ -1,0 +1,50 @@
+"""Sweeps run what is not done yet; reports aggregate seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from engrain.cli import main
+from engrain.errors import EngrainError
+from engrain.report import summarize
+from engrain.results import load_records
+from engrain.sweep import plan, run_sweep
+
+
+def write_sweep(tmp_path, tiny_model_dir, data_dir, extra=""):
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"""out: {tmp_path / 'runs'}
+base: {{model: {tiny_model_dir}, shots: 4, limit: 6, precision: fp32, progress: false, data_dir: {data_dir}, epochs: 1, eval_sample: 2}}
+grid: {{seed: [0, 1]}}
+runs:
+  - {{method: icl}}
+  - {{method: pbft, params: lora}}
+{extra}""")
+    return f
+
+
+def test_sweep_runs_once_then_skips_and_reports(tiny_model_dir, data_dir, tmp_path, capsys):
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    ran = run_sweep(f, echo=lambda *_: None)
+    assert len(ran) == 4
+    assert run_sweep(f, echo=lambda *_: None) == []  # everything recorded: nothing runs again
+    rows = summarize(load_records(tmp_path / "runs"))
+    assert [(r["method"], r["seeds"]) for r in rows] == [("icl", [0, 1]), ("pbft-lora", [0, 1])]
+    assert "±" in rows[0]["rte"] and "hans:lexical_overlap" in rows[0]
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| model | task | method |") and "pbft-lora" in out
+
+
+def test_sweep_validates_every_run_before_running(tiny_model_dir, data_dir, tmp_path):
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir, extra="  - {method: pbft, params: lora, lr: -1}\n")
+    with pytest.raises(EngrainError, match="--lr must be > 0"):
+        run_sweep(f, echo=lambda *_: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_unknown_key(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x}\nruns:\n  - {method: pbft, paramz: lora}\n")
+    with pytest.raises(EngrainError, match="unknown key in .*'paramz'"):
+        plan(f)
