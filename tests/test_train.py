@@ -143,3 +143,10 @@ def test_two_process_ddp_ends_identical_on_both_ranks(tiny_model_dir, data_dir, 
     assert ranks[0]["sha"] == ranks[1]["sha"]
     assert ranks[0]["steps"] == 4  # 8 examples / (2 per process x 2 processes) x 2 epochs
     assert len(list(out.glob("train-*.json"))) == 1, "only the main process writes the record"
+
+
+@pytest.mark.parametrize("task,ood", [("mnli", "hans"), ("qqp", "paws-qqp"), ("cola", "cola-ood"), ("mnli3", "hans")])
+def test_trains_on_every_task_family(tiny_model_dir, data_dir, tmp_path, task, ood):
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", task=task, epochs=1, shots=6, limit=6))
+    assert set(rec["metrics"]) == {task, ood}
+    assert rec["metrics"][ood]["n"] == 6 and (tmp_path / rec["name"] / "adapter_model.safetensors").is_file()

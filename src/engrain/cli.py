@@ -44,10 +44,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+
     from engrain.report import print_eval
     from engrain.train import train
 
-    print_eval(train(build_config(TrainConfig, args)))
+    record = train(build_config(TrainConfig, args))
+    if PartialState().is_main_process:  # under `accelerate launch`, one table, not one per process
+        print_eval(record)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

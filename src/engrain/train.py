@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -116,6 +117,7 @@ def train_model(cfg: TrainConfig):
 
     bar = _bar(cfg.progress and acc.is_main_process, total_steps)
     model.train()
+    t0 = time.perf_counter()
     with Meter(lm.device) as m_train:
         for epoch in range(1, cfg.epochs + 1):
             for batch in loader:
@@ -133,7 +135,7 @@ def train_model(cfg: TrainConfig):
                 if acc.sync_gradients:
                     step += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}")
                     if cfg.eval_every and step % cfg.eval_every == 0:
                         curve.append({"epoch": epoch, "step": step, "loss": loss.item(), **evaluate_now(sample_sets, False)})
             if not cfg.eval_every:
