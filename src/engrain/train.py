@@ -103,7 +103,7 @@ def train_model(cfg: TrainConfig):
     record = base_record("train", cfg.method, cfg, lm)
     record["trainable_parameters"] = summary
     record["train_examples"] = [{"line": ex["line"], "label": spec.labels[ex["label"]]} for ex in shots]
-    curve, tokens_seen, step = [], 0, 0
+    curve, losses, tokens_seen, step = [], [], 0, 0
     fm = FlopModel.of(lm.model)
 
     def evaluate_now(which, full: bool) -> dict:
@@ -114,6 +114,12 @@ def train_model(cfg: TrainConfig):
                                  progress=cfg.progress and full)
         model.train()
         return {"metrics": m, "measure": meas}
+
+    def point(epoch: int) -> dict:
+        """A point of the curve: mean training loss since the previous point, then an evaluation."""
+        mean_loss = sum(losses) / len(losses)
+        losses.clear()
+        return {"epoch": epoch, "step": step, "loss": mean_loss, **evaluate_now(sample_sets, False)}
 
     bar = _bar(cfg.progress and acc.is_main_process, total_steps)
     model.train()
@@ -132,14 +138,15 @@ def train_model(cfg: TrainConfig):
                     sched.step()
                     opt.zero_grad()
                 tokens_seen += int(batch["attention_mask"].sum()) * acc.num_processes
+                losses.append(loss.item())
                 if acc.sync_gradients:
                     step += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}")
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch, tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}")
                     if cfg.eval_every and step % cfg.eval_every == 0:
-                        curve.append({"epoch": epoch, "step": step, "loss": loss.item(), **evaluate_now(sample_sets, False)})
+                        curve.append(point(epoch))
             if not cfg.eval_every:
-                curve.append({"epoch": epoch, "step": step, "loss": loss.item(), **evaluate_now(sample_sets, False)})
+                curve.append(point(epoch))
     bar.close()
     eval_seconds = sum(sum(v["seconds"] for k, v in c["measure"].items() if isinstance(v, dict)) for c in curve)
     final = evaluate_now(sets, True)
