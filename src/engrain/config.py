@@ -108,7 +108,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lora": {"lr": 2e-4, "epochs": 40, "warmup_ratio": 0.5},
     "bitfit": {"lr": 1e-4, "epochs": 40, "warmup_ratio": 0.5},
     "ia3": {"lr": 3e-3, "epochs": 40, "warmup_ratio": 0.5},
+    # Cartridges-style KV prefix initialised from the demonstrations (Eyuboglu et al. 2025 use 2e-2 on larger corpora).
+    "prefix": {"lr": 2e-3, "epochs": 40, "warmup_ratio": 0.5},
 }
+# Context distillation trains on a transfer set many times larger than k: fewer epochs.
+DISTILL_PRESET = {"epochs": 4, "warmup_ratio": 0.1}
 
 
 @dataclass
@@ -116,8 +120,8 @@ class TrainConfig(EvalConfig):
     """Few-shot fine-tuning: the eval options plus how to train. Unset lr/epochs/warmup come from PRESETS."""
 
     shots: int = opt(32, "number of labelled training examples k")
-    method: str = opt("pbft", "pbft (pattern + verbaliser) or head (new classification head)")
-    params: str = opt("lora", "which parameters train: full, lora, bitfit or ia3")
+    method: str = opt("pbft", "pbft (pattern + verbaliser), head (new classification head) or distill (context distillation)")
+    params: str = opt("lora", "which parameters train: full, lora, bitfit, ia3 or prefix (a KV prefix initialised from the k examples)")
     epochs: int | None = opt(None, "epochs over the k examples (preset: 40)")
     lr: float | None = opt(None, "peak learning rate (preset: full 1e-5, lora 2e-4, bitfit 1e-4, ia3 3e-3)")
     warmup_ratio: float | None = opt(None, "share of steps with linear warmup (preset: 0.5)")
@@ -133,20 +137,28 @@ class TrainConfig(EvalConfig):
     full_vocab_loss: bool = opt(False, "pbft: cross-entropy over the full vocabulary instead of the verbalisers")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: every epoch)")
     eval_sample: int | None = opt(500, "per-epoch evaluations use a seeded stratified sample of this size per set (final: full sets)")
+    transfer: str = opt("pool", "distill: the inputs to distil on: pool (train split minus the demonstrations) or shots (the k demonstrations)")
+    transfer_size: int = opt(512, "distill: how many pool inputs (seeded sample); their labels are not used unless alpha > 0")
+    distill_loss: str = opt("verbalizer", "distill: KL over the verbaliser distribution, or topk (teacher's top-k full-vocabulary log-probs)")
+    topk: int = opt(32, "distill: k of the teacher's top-k log-probs (distill_loss topk)")
+    kl: str = opt("forward", "distill: forward KL(teacher || student) or reverse KL(student || teacher)")
+    temperature: float = opt(1.0, "distill: softmax temperature T of teacher and student (loss scaled by T^2)")
+    alpha: float = opt(0.0, "distill: weight of cross-entropy on the gold labels (0: pure distillation; 1: PBFT on the transfer set)")
 
     def validate(self) -> None:
         from engrain.methods import METHODS
         from engrain.params import PARAM_SETS
 
         if self.method not in METHODS or self.method == "icl":
-            raise EngrainError(f"--method must be one of pbft, head (icl trains nothing: use engrain eval), got {self.method!r}")
+            raise EngrainError(f"--method must be one of pbft, head, distill (icl trains nothing: use engrain eval), got {self.method!r}")
         if self.params not in PARAM_SETS:
             raise EngrainError(f"--params must be one of {', '.join(PARAM_SETS)}, got {self.params!r}")
         if self.adapter is not None:
             raise EngrainError("--adapter is an option of engrain eval (evaluate a trained model), not of train")
         if self.target_modules is not None and self.params not in ("lora", "ia3"):
             raise EngrainError(f"--target-modules applies to --params lora or ia3, not {self.params}")
-        for name, value in PRESETS[self.params].items():
+        preset = {**PRESETS[self.params], **(DISTILL_PRESET if self.method == "distill" else {})}
+        for name, value in preset.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         super().validate()
@@ -166,3 +178,19 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.schedule not in ("linear", "constant"):
             raise EngrainError(f"--schedule must be linear or constant, got {self.schedule!r}")
+        if self.method == "distill":
+            self._validate_distill()
+
+    def _validate_distill(self) -> None:
+        choices = {"transfer": ("pool", "shots"), "distill_loss": ("verbalizer", "topk"), "kl": ("forward", "reverse")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise EngrainError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.transfer == "pool":
+            _at_least("transfer_size", self.transfer_size, 1)
+        if self.distill_loss == "topk":
+            _at_least("topk", self.topk, 1)
+        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise EngrainError(f"--temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise EngrainError(f"--alpha must be in [0, 1], got {self.alpha!r}")

@@ -60,6 +60,44 @@ def encode_context(model: torch.nn.Module, context_ids: Sequence[int]):
     return out.past_key_values
 
 
+def last_outputs(
+    model: torch.nn.Module,
+    context_ids: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    cache=None,
+    hidden: bool = False,
+):
+    """Yield (indices, model output) per batch of queries run after the context, last position only.
+
+    ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
+    Each batch gets a copy of it repeated to the batch size; the queries are left-padded, with the
+    mask covering context + query and positions continuing after the context. (A peft prefix
+    adapter adds its own length to the positions it is given.)
+    """
+    if cache is None:
+        cache = encode_context(model, context_ids)
+    n_ctx, dev = len(context_ids), model.device
+    for idx in length_sorted_batches([len(q) for q in queries], batch_size):
+        ids, mask = left_pad([queries[i] for i in idx], pad_id)
+        ids, mask = ids.to(dev), mask.to(dev)
+        past = None
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(idx))
+            mask = torch.cat([torch.ones(len(idx), n_ctx, dtype=mask.dtype, device=dev), mask], dim=1)
+        yield idx, model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions(mask[:, n_ctx:], n_ctx),
+            past_key_values=past,
+            use_cache=past is not None,
+            logits_to_keep=1,
+            output_hidden_states=hidden,
+        )
+
+
 @torch.no_grad()
 def score(
     model: torch.nn.Module,
@@ -76,33 +114,12 @@ def score(
 
     The class logits are the verbaliser tokens' logits at the answer position, or, with a
     classification ``head``, the head applied to the last token's final hidden state.
-    ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
-    Each batch gets a copy of it repeated to the batch size; the queries are left-padded, with the
-    mask covering context + query and positions continuing after the context.
     """
-    if cache is None:
-        cache = encode_context(model, context_ids)
-    n_ctx, dev = len(context_ids), model.device
-    verb = torch.tensor(list(verbalizer_ids), device=dev)
+    verb = torch.tensor(list(verbalizer_ids), device=model.device)
     out_v = torch.empty(len(queries), head.out_features if head is not None else len(verbalizer_ids))
     out_top = torch.empty(len(queries), dtype=torch.long)
-    for idx in length_sorted_batches([len(q) for q in queries], batch_size):
-        ids, mask = left_pad([queries[i] for i in idx], pad_id)
-        ids, mask = ids.to(dev), mask.to(dev)
-        past = None
-        if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(idx))
-            mask = torch.cat([torch.ones(len(idx), n_ctx, dtype=mask.dtype, device=dev), mask], dim=1)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions(mask[:, n_ctx:], n_ctx),
-            past_key_values=past,
-            use_cache=past is not None,
-            logits_to_keep=1,
-            output_hidden_states=head is not None,
-        )
+    batches = last_outputs(model, context_ids, queries, batch_size, pad_id, cache, head is not None)
+    for idx, out in batches:
         logits = out.logits[:, -1].float()  # (B, V)
         cls = logits[:, verb] if head is None else head(out.hidden_states[-1][:, -1].float())  # (B, C)
         out_v[idx] = cls.float().cpu()
@@ -236,9 +253,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         lm = load_model(cfg.model, cfg.precision, cfg.device)
     prompter = Prompter(spec, fmt, lm.tokenizer)
     verb = prompter.verbalizer_ids()
-    ctx = prompter.context_ids(demos)
-    queries = {s.name: prompter.query_ids(exs, with_context=bool(demos)) for s, exs, _ in sets}
-    check_fits(ctx, queries, lm.max_length)
+    prefix_tokens = meta.get("prefix_tokens", 0)
+    after_context = bool(demos) or prefix_tokens > 0
+    ctx = [] if prefix_tokens else prompter.context_ids(demos)  # a prefix adapter already holds the context and BOS
+    queries = {s.name: prompter.query_ids(exs, with_context=after_context) for s, exs, _ in sets}
+    check_fits([0] * prefix_tokens + ctx, queries, lm.max_length)
 
     with Meter(lm.device) as m_ctx:
         cache = encode_context(lm.model, ctx)
@@ -247,7 +266,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     record["context_tokens"] = len(ctx)
     autocast = cfg.adapter is not None and lm.dtype != torch.float32
     with torch.autocast(lm.device.type, dtype=lm.dtype, enabled=autocast):
-        metrics_, measure = score_sets(lm, spec, sets, ctx, queries, verb, cfg, cache=cache, head=head)
+        metrics_, measure = score_sets(lm, spec, sets, ctx, queries, verb, cfg, cache=cache, head=head, prefix_tokens=prefix_tokens)
     record["metrics"] = metrics_
     record["measure"] = {"context": {"seconds": m_ctx.seconds, "tokens": len(ctx)}, **measure}
     if cfg.out:
@@ -255,7 +274,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     return record
 
 
-def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, head=None, progress=None) -> tuple[dict, dict]:
+def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, head=None, progress=None,
+               prefix_tokens: int = 0) -> tuple[dict, dict]:
     """Score every evaluation set against one context; metrics and cost per set."""
     flops, peak = FlopModel.of(lm.model), matmul_peak(lm.device, lm.dtype)
     metrics_out, measure = {}, {"matmul_peak_tflops": peak / 1e12}
@@ -268,7 +288,7 @@ def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, he
         pred = map_predictions(cls.argmax(-1), spec, tspec, label_map)
         metrics_out[tspec.name] = metrics(tspec, exs, pred, ~torch.isin(top, torch.tensor(verb)))
         n_tok = sum(len(x) for x in q)
-        fl = flops.forward(n_tok, sum(causal_pairs(len(ctx), len(x)) for x in q), len(q))
+        fl = flops.forward(n_tok, sum(causal_pairs(prefix_tokens + len(ctx), len(x)) for x in q), len(q))
         measure[tspec.name] = {
             "seconds": m.seconds,
             "examples_per_s": len(q) / m.seconds,

@@ -14,7 +14,7 @@ import torch
 
 from engrain.errors import EngrainError
 
-PARAM_SETS = ("full", "lora", "bitfit", "ia3")
+PARAM_SETS = ("full", "lora", "bitfit", "ia3", "prefix")
 
 
 @dataclass
@@ -63,8 +63,13 @@ def add_bitfit(model: torch.nn.Module) -> int:
     return n
 
 
-def apply_params(model: torch.nn.Module, spec: ParamSpec) -> torch.nn.Module:
-    """Make ``spec.kind``'s parameters trainable; returns the model to train (a PeftModel for lora/ia3)."""
+def apply_params(model: torch.nn.Module, spec: ParamSpec, context_cache=None, context_len: int = 0) -> torch.nn.Module:
+    """Make ``spec.kind``'s parameters trainable; returns the model to train (a PeftModel for lora/ia3/prefix).
+
+    ``prefix`` is peft's CARTRIDGE: a trainable KV prefix, initialised from ``context_cache`` (the KV
+    of the k examples as ICL demonstrations), so at step 0 the model with its prefix is the ICL
+    prompt's model; the first token (an attention sink) stays frozen, as the Cartridges paper advises.
+    """
     if spec.kind not in PARAM_SETS:
         from engrain.errors import unknown
 
@@ -76,15 +81,24 @@ def apply_params(model: torch.nn.Module, spec: ParamSpec) -> torch.nn.Module:
     if spec.kind == "bitfit":
         add_bitfit(model)
         return model
-    from peft import IA3Config, LoraConfig, get_peft_model
+    from peft import CartridgeConfig, IA3Config, LoraConfig, get_peft_model
 
+    if spec.kind == "prefix":
+        if context_cache is None or context_len < 2:
+            raise EngrainError("--params prefix is initialised from the demonstrations: it needs --shots >= 1")
+        from peft.tuners.cartridge.utils import initialize_kv_prefix_from_past_key_values
+
+        model.requires_grad_(False)
+        pm = get_peft_model(model, CartridgeConfig(num_virtual_tokens=context_len, num_frozen_tokens=1, task_type="CAUSAL_LM"))
+        initialize_kv_prefix_from_past_key_values(pm, past_key_values=context_cache)
+        return pm
     targets = list(spec.target_modules) if spec.target_modules else None
     if spec.kind == "lora":
         cfg = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                          target_modules=targets or ["q_proj", "v_proj"], task_type="CAUSAL_LM")
     else:
-        cfg = IA3Config(target_modules=targets, feedforward_modules=[t for t in (targets or []) if "down" in t or "fc2" in t] if targets else None,
-                        task_type="CAUSAL_LM")
+        # Custom IA3 targets scale those layers' outputs (none treated as feed-forward inputs).
+        cfg = IA3Config(target_modules=targets, feedforward_modules=[] if targets else None, task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
@@ -123,7 +137,7 @@ def load_trained(path: str, device: str = "auto"):
     folder = Path(path)
     meta = read_adapter_meta(folder)
     lm = load_model(str(folder) if meta["params"] == "full" else meta["base_model"], "fp32", device)
-    if meta["params"] in ("lora", "ia3"):
+    if meta["params"] in ("lora", "ia3", "prefix"):
         from peft import PeftModel
 
         lm.model = PeftModel.from_pretrained(lm.model, folder).eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -18,16 +19,32 @@ import torch
 
 from engrain.config import TrainConfig
 from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
-from engrain.evaluate import check_fits, eval_sets, left_pad, positions, score_sets
+from engrain.errors import EngrainError
+from engrain.evaluate import check_fits, encode_context, eval_sets, left_pad, positions, score_sets
 from engrain.measure import FlopModel, Meter, causal_pairs
 from engrain.methods import build_method
+from engrain.methods.distill import teacher_outputs
 from engrain.params import ParamSpec, apply_params, trainable_summary
 from engrain.tasks import get_task, load_split
 
 
-def collate(items: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    ids, mask = left_pad([x for x, _ in items], pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask), "labels": torch.tensor([y for _, y in items])}
+def collate(items: list[tuple[list[int], int, int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """(ids, label, index) items -> a left-padded batch (a peft prefix offsets the positions itself)."""
+    ids, mask = left_pad([x for x, _, _ in items], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask),
+            "labels": torch.tensor([y for _, y, _ in items]), "index": torch.tensor([i for _, _, i in items])}
+
+
+def transfer_set(cfg: TrainConfig, spec, shots: list, exclude: set) -> list:
+    """Distillation inputs: the k demonstrations, or a seeded sample of the rest of the train split
+    (never the demonstrations, never evaluation data). Their labels only matter when alpha > 0."""
+    if cfg.transfer == "shots":
+        return list(shots)
+    used = exclude | {example_key(spec, ex) for ex in shots}
+    pool = [ex for ex in load_split(spec, "train", cfg.data_dir) if example_key(spec, ex) not in used]
+    if not pool:
+        raise EngrainError(f"the transfer set is empty: no {spec.name} train examples beyond the demonstrations; use --transfer shots")
+    return random.Random(cfg.seed + 1).sample(pool, min(cfg.transfer_size, len(pool)))
 
 
 def build_optimizer(params, cfg: TrainConfig, total_steps: int):
@@ -71,25 +88,45 @@ def train_model(cfg: TrainConfig):
     lm.dtype = compute  # what the matmuls run in (autocast), for MFU
     prompter = Prompter(spec, fmt, lm.tokenizer)
     verb = prompter.verbalizer_ids()
-    prefix = prompter.context_ids([])  # BOS where the tokenizer uses one; no demonstrations
-    queries = {s.name: prompter.query_ids(exs, with_context=False) for s, exs, _ in sets}
-    train_ids = [prefix + q for q in prompter.query_ids(shots, with_context=False)]
-    check_fits(prefix, {"train": train_ids, **queries}, lm.max_length)
+    ctx = prompter.context_ids(shots)  # the k examples as ICL demonstrations (teacher context, prefix init)
+    # A prefix student starts as the ICL prompt: its KV prefix holds the context (BOS included), so
+    # its queries are the ICL queries (with the separator) at positions after the context.
+    as_icl = cfg.params == "prefix"
+    prefix, prefix_tokens = ([], len(ctx)) if as_icl else (prompter.context_ids([]), 0)
+    queries = {s.name: prompter.query_ids(exs, with_context=as_icl) for s, exs, _ in sets}
+    inputs = transfer_set(cfg, spec, shots, exclude) if cfg.method == "distill" else shots
+    train_ids = [prefix + q for q in prompter.query_ids(inputs, with_context=as_icl)]
+    teacher_queries = prompter.query_ids(inputs, with_context=True) if cfg.method == "distill" else []
+    check_fits(ctx, {"train": train_ids, "teacher": teacher_queries, **queries}, lm.max_length)
+
+    record_extra: dict = {}
+    cache = None
+    if cfg.method == "distill" or as_icl:
+        with Meter(lm.device) as m_teacher, acc.autocast():
+            cache = encode_context(lm.model, ctx)
+            teacher = None
+            if cfg.method == "distill":  # computed once, before any adapter exists: never a second model copy
+                topk = cfg.topk if cfg.distill_loss == "topk" else 0
+                teacher = teacher_outputs(lm.model, ctx, teacher_queries, verb, cfg.batch_size, lm.tokenizer.pad_token_id, cache, topk)
+        if cfg.method == "distill":
+            record_extra["teacher"] = {"seconds": m_teacher.seconds, "peak_memory_mb": m_teacher.peak_mb, "context_tokens": len(ctx),
+                                       "transfer_examples": len(inputs), "transfer_tokens": sum(map(len, teacher_queries))}
 
     targets = tuple(t.strip() for t in cfg.target_modules.split(",")) if cfg.target_modules else None
-    model = apply_params(lm.model, ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets))
-    method = build_method(cfg.method, verb, lm.model.config.get_text_config().hidden_size, len(spec.labels),
-                          full_vocab_loss=cfg.full_vocab_loss)
+    model = apply_params(lm.model, ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets), cache, len(ctx))
+    lm.model = model  # evaluation runs the adapted model (a prefix lives in the peft wrapper)
+    method = build_method(cfg.method, verb, model.config.get_text_config().hidden_size, len(spec.labels),
+                          full_vocab_loss=cfg.full_vocab_loss, teacher=teacher if cfg.method == "distill" else None,
+                          distill_loss=cfg.distill_loss, kl=cfg.kl, temperature=cfg.temperature, alpha=cfg.alpha)
     head = method.head
     trainable = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     summary = trainable_summary(model, head)
 
     g = torch.Generator().manual_seed(cfg.seed)
     pad = lm.tokenizer.pad_token_id
-    loader = torch.utils.data.DataLoader(
-        list(zip(train_ids, (ex["label"] for ex in shots))), batch_size=cfg.train_batch_size, shuffle=True,
-        generator=g, collate_fn=lambda b: collate(b, pad),
-    )
+    items = [(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(train_ids, inputs))]
+    loader = torch.utils.data.DataLoader(items, batch_size=cfg.train_batch_size, shuffle=True, generator=g,
+                                         collate_fn=lambda b: collate(b, pad))
     steps_per_epoch = -(-len(loader) // cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     opt, sched = build_optimizer(trainable, cfg, total_steps)
@@ -102,6 +139,7 @@ def train_model(cfg: TrainConfig):
     sample_sets = [(s, stratified_sample(s, exs, cfg.eval_sample, cfg.seed), m) for s, exs, m in sets]
     record = base_record("train", cfg.method, cfg, lm)
     record["trainable_parameters"] = summary
+    record.update(record_extra)
     record["train_examples"] = [{"line": ex["line"], "label": spec.labels[ex["label"]]} for ex in shots]
     curve, losses, tokens_seen, step = [], [], 0, 0
     fm = FlopModel.of(lm.model)
@@ -109,9 +147,9 @@ def train_model(cfg: TrainConfig):
     def evaluate_now(which, full: bool) -> dict:
         model.eval()
         with acc.autocast():
-            qs = {s.name: prompter.query_ids(exs, with_context=False) for s, exs, _ in which}
+            qs = {s.name: prompter.query_ids(exs, with_context=as_icl) for s, exs, _ in which}
             m, meas = score_sets(lm, spec, which, prefix, qs, verb, cfg, head=acc.unwrap_model(head) if head else None,
-                                 progress=cfg.progress and full)
+                                 progress=cfg.progress and full, prefix_tokens=prefix_tokens)
         model.train()
         return {"metrics": m, "measure": meas}
 
@@ -153,7 +191,7 @@ def train_model(cfg: TrainConfig):
 
     train_seconds = m_train.seconds - eval_seconds
     # training FLOPs ~ 3x forward (forward + backward) over the tokens seen
-    fl = 3 * fm.forward(tokens_seen, sum(causal_pairs(0, len(x)) for x in train_ids) * cfg.epochs, 0)
+    fl = 3 * fm.forward(tokens_seen, sum(causal_pairs(prefix_tokens, len(x)) for x in train_ids) * cfg.epochs, 0)
     record["curve"] = curve
     record["metrics"] = final["metrics"]
     record["measure"] = {
@@ -170,14 +208,14 @@ def train_model(cfg: TrainConfig):
     }
     if acc.is_main_process and cfg.out:
         out = Path(cfg.out)
-        adapter = save_adapter(acc.unwrap_model(model), acc.unwrap_model(head) if head else None, cfg, lm, out / record["name"])
+        adapter = save_adapter(acc.unwrap_model(model), acc.unwrap_model(head) if head else None, cfg, lm, out / record["name"], prefix_tokens)
         record["adapter"] = {"path": str(adapter), "bytes": sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())}
         record["path"] = str(write_record(record, out))
     acc.wait_for_everyone()
     return record, acc.unwrap_model(model), (acc.unwrap_model(head) if head else None)
 
 
-def save_adapter(model, head, cfg: TrainConfig, lm, target: Path) -> Path:
+def save_adapter(model, head, cfg: TrainConfig, lm, target: Path, prefix_tokens: int = 0) -> Path:
     """Write what was trained to ``target`` atomically (temp folder + rename).
 
     lora/ia3: a peft adapter folder (``PeftModel.from_pretrained`` loads it); bitfit: the biases as
@@ -189,7 +227,7 @@ def save_adapter(model, head, cfg: TrainConfig, lm, target: Path) -> Path:
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if cfg.params in ("lora", "ia3"):
+    if cfg.params in ("lora", "ia3", "prefix"):
         model.save_pretrained(tmp)
     elif cfg.params == "bitfit":
         biases = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -200,7 +238,9 @@ def save_adapter(model, head, cfg: TrainConfig, lm, target: Path) -> Path:
     if head is not None:
         save_file({"weight": head.weight.detach().float().contiguous()}, str(tmp / "head.safetensors"))
     meta = {"engrain_adapter": 1, "method": cfg.method, "params": cfg.params, "base_model": cfg.model,
-            "task": cfg.task, "format": cfg.format, "template": cfg.template}
+            "task": cfg.task, "format": cfg.format, "template": cfg.template,
+            # a prefix adapter holds the demonstrations' KV (BOS included): queries follow it as in ICL
+            "prefix_tokens": prefix_tokens}
     (tmp / "engrain.json").write_text(json.dumps(meta, indent=2))
     if target.exists():
         shutil.rmtree(target)

@@ -32,13 +32,16 @@ def forward_last(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden:
     )
 
 
-METHODS = ("icl", "pbft", "head")
+METHODS = ("icl", "pbft", "head", "distill")
 
 
 def build_method(name: str, verbalizer_ids: list[int], hidden_size: int, n_labels: int, **options) -> Method:
+    from engrain.methods.distill import Distill
     from engrain.methods.head import HeadMethod
     from engrain.methods.pbft import PBFT
 
+    if name == "distill":
+        return Distill(verbalizer_ids, options["teacher"], options["distill_loss"], options["kl"], options["temperature"], options["alpha"])
     if name == "pbft":
         return PBFT(verbalizer_ids, full_vocab=options.get("full_vocab_loss", False))
     if name == "head":

@@ -1,0 +1,138 @@
+"""Context distillation: the cached teacher, the prefix student at initialisation, the KL loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engrain.config import TrainConfig
+from engrain.data import Prompter, sample_few_shot
+from engrain.errors import EngrainError
+from engrain.evaluate import encode_context, score, score_uncached
+from engrain.methods.distill import Distill, kl_divergence, teacher_outputs
+from engrain.models import load_model
+from engrain.params import ParamSpec, apply_params
+from engrain.tasks import get_task, load_split
+from engrain.train import collate, train_model
+
+
+@pytest.fixture()
+def setup(tiny_model_dir, data_dir):
+    lm = load_model(str(tiny_model_dir), "fp32", "cpu")  # fresh: some tests attach adapters
+    spec = get_task("rte")
+    p = Prompter(spec, spec.prompt_format(), lm.tokenizer)
+    demos = sample_few_shot(spec, load_split(spec, "train", data_dir), 4, 0)
+    transfer = load_split(spec, "train", data_dir)[100:111]
+    return lm, p, demos, transfer
+
+
+def test_cached_teacher_equals_a_fresh_teacher_pass(setup):
+    lm, p, demos, transfer = setup
+    ctx, q, v = p.context_ids(demos), p.query_ids(transfer, True), p.verbalizer_ids()
+    cached = teacher_outputs(lm.model, ctx, q, v, batch_size=4, pad_id=lm.tokenizer.pad_token_id, topk=5)
+    fresh, _ = score_uncached(lm.model, ctx, q, v, batch_size=3, pad_id=lm.tokenizer.pad_token_id)
+    torch.testing.assert_close(cached.verbalizer_logits, fresh, atol=1e-4, rtol=1e-4)
+    full = lm.model(input_ids=torch.tensor([ctx + q[0]])).logits[0, -1].log_softmax(-1)
+    values, ids = full.topk(5)
+    assert cached.topk_ids[0].tolist() == ids.tolist()
+    torch.testing.assert_close(cached.topk_logprobs[0], values, atol=1e-4, rtol=1e-4)
+
+
+def prefix_student(lm, ctx):
+    cache = encode_context(lm.model, ctx)
+    return apply_params(lm.model, ParamSpec("prefix"), cache, len(ctx))
+
+
+def test_prefix_student_at_init_reproduces_the_icl_teacher(setup):
+    lm, p, demos, transfer = setup
+    ctx, q, v = p.context_ids(demos), p.query_ids(transfer, True), p.verbalizer_ids()
+    teacher, _ = score(lm.model, ctx, q, v, 4, lm.tokenizer.pad_token_id)
+    student = prefix_student(lm, ctx)
+    got, _ = score(student, [], q, v, 4, lm.tokenizer.pad_token_id)
+    torch.testing.assert_close(got, teacher, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.argmax(-1), teacher.argmax(-1))
+    assert teacher.std(0).min() > 1e-3, "scores must vary between inputs, or this test proves nothing"
+
+
+@pytest.mark.parametrize("kind,kl", [("verbalizer", "forward"), ("verbalizer", "reverse"), ("topk", "forward")])
+def test_kl_is_zero_when_student_is_teacher(setup, kind, kl):
+    lm, p, demos, transfer = setup
+    ctx, q, v = p.context_ids(demos), p.query_ids(transfer, True), p.verbalizer_ids()
+    teacher = teacher_outputs(lm.model, ctx, q, v, 4, lm.tokenizer.pad_token_id, topk=8)
+    student = prefix_student(lm, ctx)
+    batch = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(q, transfer))], lm.tokenizer.pad_token_id)
+    loss = Distill(v, teacher, kind, kl, temperature=2.0).loss(student, batch)
+    assert abs(loss.item()) < 1e-5
+    # ... and not zero for a student without the context
+    plain = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(p.query_ids(transfer, False), transfer))], lm.tokenizer.pad_token_id)
+    assert Distill(v, teacher, kind, kl).loss(lm.model, plain).item() > 1e-3
+
+
+def test_kl_divergence_values():
+    t = torch.tensor([[0.8, 0.2]]).log()
+    s = torch.tensor([[0.5, 0.5]]).log()
+    fwd = 0.8 * torch.log(torch.tensor(0.8 / 0.5)) + 0.2 * torch.log(torch.tensor(0.2 / 0.5))
+    rev = 0.5 * torch.log(torch.tensor(0.5 / 0.8)) + 0.5 * torch.log(torch.tensor(0.5 / 0.2))
+    assert kl_divergence(t, s).item() == pytest.approx(fwd.item(), abs=1e-6)
+    assert kl_divergence(t, s, reverse=True).item() == pytest.approx(rev.item(), abs=1e-6)
+    assert kl_divergence(t, t).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def distill_cfg(tiny_model_dir, data_dir, out, **kw):
+    base = dict(model=str(tiny_model_dir), task="rte", shots=4, method="distill", params="lora", epochs=6, lr=1e-2, warmup_ratio=0.0,
+                transfer_size=24, limit=8, eval_sample=4, precision="fp32", data_dir=str(data_dir), out=str(out), progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_kl_decreases_in_training_and_record_splits_teacher_time(tiny_model_dir, data_dir, tmp_path):
+    rec, _, _ = train_model(distill_cfg(tiny_model_dir, data_dir, tmp_path))
+    losses = [c["loss"] for c in rec["curve"]]
+    assert losses[-1] < 0.7 * losses[0], losses
+    t = rec["teacher"]
+    assert t["seconds"] > 0 and t["transfer_examples"] == 24 and t["context_tokens"] > 0
+    assert rec["measure"]["train"]["seconds"] > 0
+    lines = {e["line"] for e in rec["train_examples"]}
+    assert len(lines) == 4  # the demonstrations; the transfer set never contains them
+    assert json.loads(open(rec["path"]).read())["teacher"] == t
+
+
+@pytest.mark.parametrize("params", ["prefix", "bitfit", "ia3", "full"])
+def test_other_students_train_and_round_trip(tiny_model_dir, data_dir, tmp_path, params):
+    from engrain import EvalConfig, evaluate
+
+    rec, _, _ = train_model(distill_cfg(tiny_model_dir, data_dir, tmp_path, params=params, epochs=1, transfer_size=8, lr=1e-3))
+    ev = evaluate(EvalConfig(model=str(tiny_model_dir), task="rte", adapter=rec["adapter"]["path"], limit=8,
+                             data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32"))
+    for split in ("rte", "hans"):
+        assert ev["metrics"][split]["predicted_share"] == rec["metrics"][split]["predicted_share"]
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"temperature": 0.0}, r"--temperature must be > 0"),
+    ({"alpha": 1.5}, r"--alpha must be in \[0, 1\]"),
+    ({"shots": 0}, r"--shots must be an integer >= 1"),
+    ({"transfer": "all"}, r"--transfer must be one of pool, shots"),
+    ({"kl": "js"}, r"--kl must be one of forward, reverse"),
+    ({"transfer_size": 0}, r"--transfer-size must be an integer >= 1"),
+])
+def test_bad_distill_options(kw, message):
+    with pytest.raises(EngrainError, match=message):
+        TrainConfig(model="/no/such/model", method="distill", **kw)
+
+
+def test_empty_transfer_set(tiny_model_dir, tmp_path):
+    data = tmp_path / "data" / "rte"
+    data.mkdir(parents=True)
+    rows = [{"premise": f"p{i}", "hypothesis": "h", "label": ["entailment", "not_entailment"][i % 2]} for i in range(4)]
+    (data / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (data / "val.jsonl").write_text(json.dumps({"premise": "q", "hypothesis": "h", "label": "entailment"}))
+    with pytest.raises(EngrainError, match="the transfer set is empty"):
+        train_model(distill_cfg(tiny_model_dir, tmp_path / "data", tmp_path / "out", ood=False))
+
+
+def test_context_too_long_is_an_error_before_compute(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(EngrainError, match=r"prompt too long for the model: \d+ context tokens"):
+        train_model(distill_cfg(tiny_model_dir, data_dir, tmp_path, shots=200))
+    assert not list(tmp_path.iterdir())
