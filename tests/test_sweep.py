@@ -48,3 +48,26 @@ def test_sweep_unknown_key(tmp_path):
     f.write_text("base: {model: x}\nruns:\n  - {method: pbft, paramz: lora}\n")
     with pytest.raises(EngrainError, match="unknown key in .*'paramz'"):
         plan(f)
+
+
+def test_runs_that_would_share_a_record_are_rejected(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x, task: rte}\nruns:\n  - {method: pbft, params: lora, lr: 0.1}\n  - {method: pbft, params: lora, lr: 0.2}\n")
+    with pytest.raises(EngrainError, match=r"two runs would write the same record .*differ in: lr"):
+        plan(f)
+
+
+def test_distill_options_are_in_the_name(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x, task: rte}\nruns:\n  - {method: distill}\n  - {method: distill, alpha: 0.5, temperature: 2.0}\n")
+    names = [n for n, _ in plan(f)[1]]
+    assert names == ["train-rte-distill-lora-x-k32-s0", "train-rte-distill-lora-T2.0-a0.5-x-k32-s0"]
+
+
+def test_a_record_with_another_config_is_not_taken_as_done(tiny_model_dir, data_dir, tmp_path):
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    run_sweep(f, echo=lambda *_: None)
+    rec = next((tmp_path / "runs").glob("eval-*-s0-n6.json"))
+    rec.write_text(rec.read_text().replace('"balanced": true', '"balanced": false'))  # recorded by some other config
+    with pytest.raises(EngrainError, match="records a run with a different config .*balanced"):
+        run_sweep(f, echo=lambda *_: None)

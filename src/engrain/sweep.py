@@ -46,7 +46,31 @@ def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]]]:
             else:
                 cfg = from_dict(TrainConfig, opts, where=str(path))
                 planned.append((run_name("train", cfg.method, cfg), cfg))
+    seen: dict[str, object] = {}
+    for name, cfg in planned:
+        if name in seen:
+            raise EngrainError(f"{path}: two runs would write the same record {name!r}; they differ in: {', '.join(differences(seen[name], cfg))}")
+        seen[name] = cfg
     return out, planned
+
+
+def differences(a, b) -> list[str]:
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k)) or ["the kind of run"]
+
+
+def check_done(path: Path, cfg) -> bool:
+    """True when ``path`` holds a record of exactly this config (then the run is skipped)."""
+    if not path.is_file():
+        return False
+    from engrain.results import read_record
+
+    recorded = read_record(path)["config"]
+    mine = dataclasses.asdict(cfg)
+    diff = sorted(k for k in mine if k not in ("progress", "data_dir", "device", "out") and recorded.get(k) != mine[k])
+    if diff:
+        raise EngrainError(f"{path} records a run with a different config (differs in: {', '.join(diff)}); move it away or change out")
+    return True
 
 
 def run_sweep(path: str | Path, dry_run: bool = False, echo=print) -> list[str]:
@@ -55,7 +79,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, echo=print) -> list[str]:
     from engrain.train import train
 
     out, planned = plan(path)
-    todo = [(n, c) for n, c in planned if not (out / f"{n}.json").is_file()]
+    todo = [(n, c) for n, c in planned if not check_done(out / f"{n}.json", c)]
     echo(f"{len(planned)} runs planned, {len(planned) - len(todo)} done, {len(todo)} to run")
     for i, (name, cfg) in enumerate(todo, 1):
         echo(f"[{i}/{len(todo)}] {name}")
