@@ -71,3 +71,15 @@ def test_a_record_with_another_config_is_not_taken_as_done(tiny_model_dir, data_
     rec.write_text(rec.read_text().replace('"balanced": true', '"balanced": false'))  # recorded by some other config
     with pytest.raises(EngrainError, match="records a run with a different config .*balanced"):
         run_sweep(f, echo=lambda *_: None)
+
+
+def test_options_added_later_count_as_their_defaults(tiny_model_dir, data_dir, tmp_path):
+    import json
+
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    run_sweep(f, echo=lambda *_: None)
+    rec = next((tmp_path / "runs").glob("train-*-s0-n6.json"))
+    data = json.loads(rec.read_text())
+    del data["config"]["temperature"]  # as written by an engrain without that option
+    rec.write_text(json.dumps(data))
+    assert run_sweep(f, echo=lambda *_: None) == []
