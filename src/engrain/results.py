@@ -21,7 +21,7 @@ def model_slug(name: str) -> str:
 def run_name(kind: str, method: str, cfg) -> str:
     """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
     variant = f"{method}-{cfg.params}" if kind == "train" else method
-    if method == "distill":  # the options a distillation comparison varies, when not the defaults
+    if kind == "train" and method == "distill":  # the options a distillation comparison varies, when not default
         opts = [("transfer", "pool", "t-"), ("distill_loss", "verbalizer", ""), ("kl", "forward", ""), ("temperature", 1.0, "T"), ("alpha", 0.0, "a")]
         variant += "".join(f"-{tag}{getattr(cfg, f)}" for f, default, tag in opts if getattr(cfg, f) != default)
     name = f"{cfg.task}-{variant}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
