@@ -150,3 +150,8 @@ def test_trains_on_every_task_family(tiny_model_dir, data_dir, tmp_path, task, o
     rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", task=task, epochs=1, shots=6, limit=6))
     assert set(rec["metrics"]) == {task, ood}
     assert rec["metrics"][ood]["n"] == 6 and (tmp_path / rec["name"] / "adapter_model.safetensors").is_file()
+
+
+def test_no_save_writes_only_the_record(tiny_model_dir, data_dir, tmp_path):
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", epochs=1, save=False))
+    assert "adapter" not in rec and [p.name for p in tmp_path.iterdir()] == [f"{rec['name']}.json"]

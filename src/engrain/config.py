@@ -136,6 +136,7 @@ class TrainConfig(EvalConfig):
     target_modules: str | None = opt(None, "comma-separated module names for LoRA/IA3 (default q_proj,v_proj for LoRA; peft's for IA3)")
     full_vocab_loss: bool = opt(False, "pbft: cross-entropy over the full vocabulary instead of the verbalisers")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: every epoch)")
+    save: bool = opt(True, "save what was trained (adapter, head or model) next to the record")
     eval_sample: int | None = opt(500, "per-epoch evaluations use a seeded stratified sample of this size per set (final: full sets)")
     transfer: str = opt("pool", "distill: the inputs to distil on: pool (train split minus the demonstrations) or shots (the k demonstrations)")
     transfer_size: int = opt(512, "distill: how many pool inputs (seeded sample); their labels are not used unless alpha > 0")

@@ -69,7 +69,7 @@ def check_done(path: Path, cfg) -> bool:
     mine = dataclasses.asdict(cfg)
     # An option added to engrain after the record was written counts as its default then.
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    diff = sorted(k for k in mine if k not in ("progress", "data_dir", "device", "out")
+    diff = sorted(k for k in mine if k not in ("progress", "data_dir", "device", "out", "save")
                   and recorded.get(k, defaults[k]) != mine[k])
     if diff:
         raise EngrainError(f"{path} records a run with a different config (differs in: {', '.join(diff)}); move it away or change out")

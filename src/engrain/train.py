@@ -208,8 +208,9 @@ def train_model(cfg: TrainConfig):
     }
     if acc.is_main_process and cfg.out:
         out = Path(cfg.out)
-        adapter = save_adapter(acc.unwrap_model(model), acc.unwrap_model(head) if head else None, cfg, lm, out / record["name"], prefix_tokens)
-        record["adapter"] = {"path": str(adapter), "bytes": sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())}
+        if cfg.save:
+            adapter = save_adapter(acc.unwrap_model(model), acc.unwrap_model(head) if head else None, cfg, lm, out / record["name"], prefix_tokens)
+            record["adapter"] = {"path": str(adapter), "bytes": sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())}
         record["path"] = str(write_record(record, out))
     acc.wait_for_everyone()
     return record, acc.unwrap_model(model), (acc.unwrap_model(head) if head else None)
