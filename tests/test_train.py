@@ -145,9 +145,10 @@ def test_two_process_ddp_ends_identical_on_both_ranks(tiny_model_dir, data_dir, 
     assert len(list(out.glob("train-*.json"))) == 1, "only the main process writes the record"
 
 
+@pytest.mark.parametrize("method", ["pbft", "distill"])
 @pytest.mark.parametrize("task,ood", [("mnli", "hans"), ("qqp", "paws-qqp"), ("cola", "cola-ood"), ("mnli3", "hans")])
-def test_trains_on_every_task_family(tiny_model_dir, data_dir, tmp_path, task, ood):
-    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", task=task, epochs=1, shots=6, limit=6))
+def test_trains_on_every_task_family(tiny_model_dir, data_dir, tmp_path, task, ood, method):
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, method, "lora", task=task, epochs=1, shots=6, limit=6, transfer_size=8))
     assert set(rec["metrics"]) == {task, ood}
     assert rec["metrics"][ood]["n"] == 6 and (tmp_path / rec["name"] / "adapter_model.safetensors").is_file()
 
