@@ -60,6 +60,7 @@ BAD = [
     (["--task", "hans", "--shots", "4"], r"task hans has no train split"),
     (["--shots", "many"], r"argument --shots: invalid int value: 'many'"),
     (["--config", "/no/such.yaml"], r"config file not found: /no/such.yaml"),
+    (["--adapter", "/no/such/adapter"], r"/no/such/adapter is not an engrain adapter folder"),
 ]
 
 
@@ -88,3 +89,17 @@ def test_bad_data_file_is_one_line_and_keeps_old_record(tiny_model_dir, tmp_path
     assert code == 2
     assert err.strip() == f"engrain: error: {data}/rte/val.jsonl:1: unknown label 'yes'; expected one of 'entailment', 'not_entailment'"
     assert [p.name for p in out.iterdir()] == [old.name] and old.read_text() == '{"keep": true}'
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], r"--epochs must be an integer >= 1"),
+    (["--params", "loraa"], r"--params must be one of full, lora, bitfit, ia3, prefix"),
+    (["--method", "distill", "--alpha", "2"], r"--alpha must be in \[0, 1\]"),
+    (["--adapter", "x"], r"--adapter is an option of engrain eval"),
+])
+def test_train_bad_options_exit_2_before_loading(tmp_path, capsys, argv, message):
+    import re
+
+    code, _, err = run(capsys, "train", "--model", "/no/such/model", "--out", str(tmp_path), *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not list(tmp_path.iterdir())

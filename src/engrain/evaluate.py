@@ -9,6 +9,7 @@ logits are computed (``logits_to_keep=1``), and batches are padded to their own 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Sequence
 
@@ -231,7 +232,8 @@ def map_predictions(pred: torch.Tensor, spec: TaskSpec, target: TaskSpec, label_
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run one ICL evaluation end to end and return its record (also written under ``cfg.out``)."""
+    """Evaluate ICL with k demonstrations, or a model saved by ``engrain train`` (``cfg.adapter``),
+    on the task and its out-of-domain partners; return the record (also written under ``cfg.out``)."""
     from engrain.models import load_model, resolve_dtype
     from engrain.params import load_trained, read_adapter_meta
     from engrain.results import base_record, write_record
@@ -239,6 +241,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     cfg.validate()
     spec = get_task(cfg.task)
     meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
+    if meta:  # the record names the model actually evaluated
+        cfg = dataclasses.replace(cfg, model=meta["base_model"])
     fmt = spec.prompt_format(cfg.format or meta.get("format"), cfg.template or meta.get("template"))
     # Data first (cheap, and bad files fail before the model loads).
     sets = eval_sets(spec, cfg)
