@@ -83,3 +83,13 @@ def test_options_added_later_count_as_their_defaults(tiny_model_dir, data_dir, t
     del data["config"]["temperature"]  # as written by an engrain without that option
     rec.write_text(json.dumps(data))
     assert run_sweep(f, echo=lambda *_: None) == []
+
+
+def test_report_into_a_marked_section(tiny_model_dir, data_dir, tmp_path, capsys):
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    run_sweep(f, echo=lambda *_: None)
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- table:runs -->\nold\n<!-- /table:runs -->\nend\n")
+    assert main(["report", str(tmp_path / "runs"), "--into", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n<!-- table:runs -->\n| model |") and "old" not in text and text.endswith("<!-- /table:runs -->\nend\n")

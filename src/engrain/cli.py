@@ -67,7 +67,21 @@ def cmd_report(args: argparse.Namespace) -> None:
     rows = summarize(load_records(args.folder))
     if not rows:
         raise EngrainError(f"no run records in {args.folder}")
-    print(markdown(rows))
+    table = markdown(rows)
+    if not args.into:
+        print(table)
+        return
+    import re
+    from pathlib import Path
+
+    doc, name = Path(args.into), Path(args.folder).name
+    text = doc.read_text() if doc.is_file() else ""
+    marks = (f"<!-- table:{name} -->", f"<!-- /table:{name} -->")
+    if not all(m in text for m in marks):
+        raise EngrainError(f"{doc} has no {marks[0]} ... {marks[1]} section to write the table into")
+    new = re.sub(re.escape(marks[0]) + ".*?" + re.escape(marks[1]), lambda _: f"{marks[0]}\n{table}\n{marks[1]}", text, flags=re.S)
+    doc.write_text(new)
+    print(f"wrote the {name} table into {doc}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -119,6 +133,7 @@ def make_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
     rp = sub.add_parser("report", help="mean ± std over seeds of the run records in a folder, as a markdown table")
     rp.add_argument("folder")
+    rp.add_argument("--into", help="a markdown file: replace its <!-- table:FOLDERNAME --> section instead of printing")
     rp.set_defaults(func=cmd_report)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
