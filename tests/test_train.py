@@ -156,3 +156,28 @@ def test_trains_on_every_task_family(tiny_model_dir, data_dir, tmp_path, task, o
 def test_no_save_writes_only_the_record(tiny_model_dir, data_dir, tmp_path):
     rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", epochs=1, save=False))
     assert "adapter" not in rec and [p.name for p in tmp_path.iterdir()] == [f"{rec['name']}.json"]
+
+
+@pytest.mark.parametrize("method,params", [("pbft", "lora"), ("head", "bitfit"), ("pbft", "full")])
+def test_bf16_round_trip_gives_the_same_predictions(tiny_model_dir, data_dir, tmp_path, method, params):
+    from engrain import EvalConfig, evaluate
+
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, method, params, epochs=1, precision="bf16"))
+    ev = evaluate(EvalConfig(model=str(tiny_model_dir), task="rte", adapter=rec["adapter"]["path"], limit=16,
+                             data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="bf16"))
+    assert ev["config"]["model"] == str(tiny_model_dir)  # the adapter's base model
+    for split in ("rte", "hans"):
+        assert ev["metrics"][split] == rec["metrics"][split]
+
+
+def test_inference_copy(tiny_model_dir):
+    from engrain.models import inference_copy
+
+    lm = load_model(str(tiny_model_dir), "fp32", "cpu")
+    fast = inference_copy(lm.model, torch.bfloat16)
+    assert fast.model.layers[0].self_attn.q_proj.weight.dtype is torch.bfloat16
+    assert fast.get_output_embeddings().weight.dtype is torch.float32
+    assert lm.model.model.layers[0].self_attn.q_proj.weight.dtype is torch.float32  # the original is untouched
+    assert inference_copy(lm.model, torch.float32) is lm.model
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.corrcoef(torch.stack([fast(input_ids=ids).logits[0, -1], lm.model(input_ids=ids).logits[0, -1]]))[0, 1] > 0.99

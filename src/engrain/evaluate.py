@@ -234,7 +234,7 @@ def map_predictions(pred: torch.Tensor, spec: TaskSpec, target: TaskSpec, label_
 def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate ICL with k demonstrations, or a model saved by ``engrain train`` (``cfg.adapter``),
     on the task and its out-of-domain partners; return the record (also written under ``cfg.out``)."""
-    from engrain.models import load_model, resolve_dtype
+    from engrain.models import inference_copy, load_model, resolve_dtype
     from engrain.params import load_trained, read_adapter_meta
     from engrain.results import base_record, write_record
 
@@ -250,9 +250,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     demos = sample_few_shot(spec, load_split(spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude) if cfg.shots else []
 
     head = None
-    if cfg.adapter:  # fp32 weights + bf16 autocast, exactly as training evaluated it
+    if cfg.adapter:  # rebuilt in fp32, then the same inference copy as training evaluated
         lm, head, meta = load_trained(cfg.adapter, cfg.device)
         lm.dtype = resolve_dtype(cfg.precision, lm.device)
+        lm.model = inference_copy(lm.model, lm.dtype)
     else:
         lm = load_model(cfg.model, cfg.precision, cfg.device)
     prompter = Prompter(spec, fmt, lm.tokenizer)
@@ -268,9 +269,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     record = base_record("eval", meta.get("method", "icl"), cfg, lm)
     record["demonstrations"] = [{"line": d["line"], "label": spec.labels[d["label"]]} for d in demos]
     record["context_tokens"] = len(ctx)
-    autocast = cfg.adapter is not None and lm.dtype != torch.float32
-    with torch.autocast(lm.device.type, dtype=lm.dtype, enabled=autocast):
-        metrics_, measure = score_sets(lm, spec, sets, ctx, queries, verb, cfg, cache=cache, head=head, prefix_tokens=prefix_tokens)
+    metrics_, measure = score_sets(lm, spec, sets, ctx, queries, verb, cfg, cache=cache, head=head, prefix_tokens=prefix_tokens)
     record["metrics"] = metrics_
     record["measure"] = {"context": {"seconds": m_ctx.seconds, "tokens": len(ctx)}, **measure}
     if cfg.out:
@@ -279,16 +278,17 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, head=None, progress=None,
-               prefix_tokens: int = 0) -> tuple[dict, dict]:
-    """Score every evaluation set against one context; metrics and cost per set."""
-    flops, peak = FlopModel.of(lm.model), matmul_peak(lm.device, lm.dtype)
+               prefix_tokens: int = 0, model=None) -> tuple[dict, dict]:
+    """Score every evaluation set against one context with ``model`` (default ``lm.model``); metrics and cost per set."""
+    model = model if model is not None else lm.model
+    flops, peak = FlopModel.of(model), matmul_peak(lm.device, lm.dtype)
     metrics_out, measure = {}, {"matmul_peak_tflops": peak / 1e12}
     show = cfg.progress if progress is None else progress
     for tspec, exs, label_map in sets:
         q = queries[tspec.name]
         with _progress(show, len(q), f"{cfg.task}->{tspec.name}" if tspec is not spec else tspec.name) as bar:
             with Meter(lm.device) as m:
-                cls, top = score(lm.model, ctx, q, verb, cfg.batch_size, lm.tokenizer.pad_token_id, cache=cache, progress=bar, head=head)
+                cls, top = score(model, ctx, q, verb, cfg.batch_size, lm.tokenizer.pad_token_id, cache=cache, progress=bar, head=head)
         pred = map_predictions(cls.argmax(-1), spec, tspec, label_map)
         metrics_out[tspec.name] = metrics(tspec, exs, pred, ~torch.isin(top, torch.tensor(verb)))
         n_tok = sum(len(x) for x in q)

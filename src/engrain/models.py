@@ -6,6 +6,7 @@ GGUF files are dequantised by transformers once and cached as safetensors under
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -226,6 +227,19 @@ class FP32Head(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return torch.nn.functional.linear(x.float(), self.weight, self.bias)
+
+
+def inference_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The model for evaluation in ``dtype``: a bf16 copy of fp32 training weights (on an AMX CPU
+    2-2.5x faster than fp32 weights under autocast), its output layer still in fp32. fp32: the
+    model itself. Training's evaluations and ``engrain eval --adapter`` both go through here, so
+    they compute the same numbers."""
+    if dtype == torch.float32:
+        return model
+    head = model.get_output_embeddings()
+    copy_ = copy.deepcopy(model).to(dtype).eval()
+    copy_.set_output_embeddings(FP32Head(head))  # the original's fp32 output weights, not the cast ones
+    return copy_
 
 
 def fp32_output_head(model: torch.nn.Module) -> None:

@@ -67,7 +67,7 @@ def train_model(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from engrain.models import load_model, resolve_device, resolve_dtype
+    from engrain.models import inference_copy, load_model, resolve_device, resolve_dtype
     from engrain.results import base_record, write_record
 
     cfg.validate()
@@ -146,10 +146,10 @@ def train_model(cfg: TrainConfig):
 
     def evaluate_now(which, full: bool) -> dict:
         model.eval()
-        with acc.autocast():
-            qs = {s.name: prompter.query_ids(exs, with_context=as_icl) for s, exs, _ in which}
-            m, meas = score_sets(lm, spec, which, prefix, qs, verb, cfg, head=acc.unwrap_model(head) if head else None,
-                                 progress=cfg.progress and full, prefix_tokens=prefix_tokens)
+        qs = {s.name: prompter.query_ids(exs, with_context=as_icl) for s, exs, _ in which}
+        m, meas = score_sets(lm, spec, which, prefix, qs, verb, cfg, head=acc.unwrap_model(head) if head else None,
+                             progress=cfg.progress and full, prefix_tokens=prefix_tokens,
+                             model=inference_copy(acc.unwrap_model(model), compute))
         model.train()
         return {"metrics": m, "measure": meas}
 
