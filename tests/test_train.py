@@ -181,3 +181,9 @@ def test_inference_copy(tiny_model_dir):
     assert inference_copy(lm.model, torch.float32) is lm.model
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.corrcoef(torch.stack([fast(input_ids=ids).logits[0, -1], lm.model(input_ids=ids).logits[0, -1]]))[0, 1] > 0.99
+
+
+def test_two_runs_in_one_process_with_different_settings(tiny_model_dir, data_dir, tmp_path):
+    a, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / "a", "pbft", "lora", epochs=1, precision="bf16", grad_accum=1))
+    b, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / "b", "pbft", "lora", epochs=1, precision="fp32", grad_accum=2))
+    assert a["measure"]["train"]["steps"] == 2 and b["measure"]["train"]["steps"] == 1  # 8 examples, batch 4

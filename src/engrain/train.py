@@ -79,13 +79,15 @@ def train_model(cfg: TrainConfig):
 
     compute = resolve_dtype(cfg.precision, resolve_device(cfg.device))
     acc = Accelerator(
-        mixed_precision="bf16" if compute == torch.bfloat16 else "no",
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=cfg.device == "cpu",
     )
     set_seed(cfg.seed)
     lm = load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
     lm.dtype = compute  # what the matmuls run in (autocast), for MFU
+    # bf16 compute is plain torch autocast rather than Accelerate's mixed_precision, whose process-wide
+    # state cannot change between two runs in one process (a sweep mixing precisions, the Python API).
+    autocast = lambda: torch.autocast(acc.device.type, dtype=compute, enabled=compute != torch.float32)  # noqa: E731
     prompter = Prompter(spec, fmt, lm.tokenizer)
     verb = prompter.verbalizer_ids()
     ctx = prompter.context_ids(shots)  # the k examples as ICL demonstrations (teacher context, prefix init)
@@ -102,7 +104,7 @@ def train_model(cfg: TrainConfig):
     record_extra: dict = {}
     cache = None
     if cfg.method == "distill" or as_icl:
-        with Meter(lm.device) as m_teacher, acc.autocast():
+        with Meter(lm.device) as m_teacher, autocast():
             cache = encode_context(lm.model, ctx)
             teacher = None
             if cfg.method == "distill":  # computed once, before any adapter exists: never a second model copy
@@ -166,7 +168,7 @@ def train_model(cfg: TrainConfig):
         for epoch in range(1, cfg.epochs + 1):
             for batch in loader:
                 with acc.accumulate(model):
-                    with acc.autocast():
+                    with autocast():
                         loss = method.loss(model, batch)
                     acc.backward(loss)
                     if acc.sync_gradients:
