@@ -55,3 +55,16 @@ def test_prefix_cache_matches_full_prompts_in_bf16(smol, data_dir):
     margin_a, margin_b = a[:, 0] - a[:, 1], b[:, 0] - b[:, 1]
     assert torch.corrcoef(torch.stack([margin_a, margin_b]))[0, 1] > 0.95
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("method,params", [("pbft", "lora"), ("distill", "prefix")])
+def test_a_short_training_run_round_trips(data_dir, tmp_path, method, params):
+    from engrain import EvalConfig, evaluate
+    from engrain.config import TrainConfig
+    from engrain.train import train
+
+    rec = train(TrainConfig(model="smollm2-135m", task="rte", shots=4, method=method, params=params, epochs=1, transfer_size=8,
+                            train_batch_size=4, limit=8, eval_sample=4, data_dir=str(data_dir), out=str(tmp_path), progress=False))
+    assert rec["measure"]["train"]["steps"] >= 1 and rec["trainable_parameters"]["share"] < 0.05
+    ev = evaluate(EvalConfig(task="rte", adapter=rec["adapter"]["path"], limit=8, data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False))
+    assert ev["metrics"] == rec["metrics"]
