@@ -1,4 +1,4 @@
-"""Which parameters train: full, lora, bitfit, ia3 (peft where peft has it).
+"""Which parameters train: full, lora, bitfit, ia3, prefix (peft where peft has it).
 
 BitFit (Ben Zaken et al. 2021) trains bias terms only: not the embeddings, not the output layer
 (llmft also trained the embeddings; we do not copy that). Llama- and Gemma-family models have no
@@ -8,7 +8,9 @@ attention and MLP blocks; at initialisation the model is unchanged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -110,9 +112,6 @@ def trainable_summary(model: torch.nn.Module, extra: torch.nn.Module | None = No
 
 
 def read_adapter_meta(folder) -> dict:
-    import json
-    from pathlib import Path
-
     meta_file = Path(folder) / "engrain.json"
     if not meta_file.is_file():
         raise EngrainError(f"{folder} is not an engrain adapter folder (no engrain.json)")
@@ -125,11 +124,9 @@ def read_adapter_meta(folder) -> dict:
 def load_trained(path: str, device: str = "auto"):
     """Rebuild a model saved by ``engrain train`` (the folder holding ``engrain.json``).
 
-    Returns (LoadedModel with fp32 weights, classification head or None, metadata). Evaluate it under
-    bf16 autocast, as training's own evaluation does, to get the same numbers.
+    Returns (LoadedModel with fp32 weights, classification head or None, metadata). Evaluate it through
+    ``engrain.models.inference_copy``, as training's own evaluation does, to get the same numbers.
     """
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
     from engrain.models import load_model
