@@ -16,10 +16,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"engrain: error: {message} (see {self.prog} --help)\n")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
     """One flag per config field; defaults are left unset so YAML values are only overridden when given."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         base = [a for a in typing.get_args(typ) if a is not type(None)] or [typ]
@@ -125,7 +127,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
     t = sub.add_parser("train", help="few-shot fine-tuning (pbft / head; full / lora / bitfit / ia3), evaluated per epoch")
     t.add_argument("--config", help="YAML file with the same option names; flags override it")
-    add_config_flags(t, TrainConfig)
+    add_config_flags(t, TrainConfig, exclude=("adapter",))
     t.set_defaults(func=cmd_train)
     sw = sub.add_parser("sweep", help="run an experiment file (YAML: out, base, grid, runs); skips runs already recorded")
     sw.add_argument("file")
