@@ -130,7 +130,6 @@ def score(
     return out_v, out_top
 
 
-@torch.no_grad()
 def score_uncached(
     model: torch.nn.Module,
     context_ids: Sequence[int],
@@ -140,18 +139,7 @@ def score_uncached(
     pad_id: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference scorer: context + query concatenated for every query (what prefix caching avoids)."""
-    dev = model.device
-    full = [list(context_ids) + list(q) for q in queries]
-    out_v = torch.empty(len(queries), len(verbalizer_ids))
-    out_top = torch.empty(len(queries), dtype=torch.long)
-    for idx in length_sorted_batches([len(s) for s in full], batch_size):
-        ids, mask = left_pad([full[i] for i in idx], pad_id)
-        logits = model(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions(mask).to(dev), logits_to_keep=1
-        ).logits[:, -1].float()
-        out_v[idx] = logits[:, list(verbalizer_ids)].cpu()
-        out_top[idx] = logits.argmax(-1).cpu()
-    return out_v, out_top
+    return score(model, [], [list(context_ids) + list(q) for q in queries], verbalizer_ids, batch_size, pad_id)
 
 
 # ---------------------------------------------------------------------------- metrics
