@@ -93,3 +93,41 @@ def test_report_into_a_marked_section(tiny_model_dir, data_dir, tmp_path, capsys
     assert main(["report", str(tmp_path / "runs"), "--into", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("intro\n<!-- table:runs -->\n| model |") and "old" not in text and text.endswith("<!-- /table:runs -->\nend\n")
+
+
+def test_an_entry_pinning_a_grid_key_runs_once(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x, task: rte}\ngrid: {shots: [16, 32]}\nruns:\n  - {method: icl, shots: 16}\n  - {method: distill}\n")
+    names = [n for n, _ in plan(f)[1]]
+    assert names == ["eval-rte-icl-x-k16-s0", "train-rte-distill-lora-x-k16-s0", "train-rte-distill-lora-x-k32-s0"]
+
+
+def test_reuse_copies_identical_records_and_runs_the_rest(tiny_model_dir, data_dir, tmp_path):
+    first = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    run_sweep(first, echo=lambda *_: None)
+    second = tmp_path / "second.yaml"  # same runs, but the LoRA run trains for 2 epochs: only that one differs
+    second.write_text(first.read_text().replace(f"out: {tmp_path / 'runs'}", f"out: {tmp_path / 'second'}\nreuse: [{tmp_path / 'runs'}]")
+                      .replace("{method: pbft, params: lora}", "{method: pbft, params: lora, epochs: 2}"))
+    lines: list[str] = []
+    ran = run_sweep(second, echo=lines.append)
+    assert sorted(ran) == sorted(n for n, _ in plan(second)[1] if n.startswith("train-"))
+    assert sum(line.startswith("reused ") for line in lines) == 2
+    icl = sorted((tmp_path / "second").glob("eval-*.json"))
+    assert [p.read_text() for p in icl] == [(tmp_path / "runs" / p.name).read_text() for p in icl]
+    assert run_sweep(second, echo=lambda *_: None) == []
+
+
+def test_reuse_folder_must_exist(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"out: {tmp_path / 'o'}\nreuse: {tmp_path / 'nope'}\nbase: {{model: x, task: rte}}\n")
+    with pytest.raises(EngrainError, match="reuse folder not found"):
+        run_sweep(f, echo=lambda *_: None)
+
+
+def test_report_separates_distillation_variants(tiny_model_dir, data_dir, tmp_path):
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir, extra="  - {method: distill, transfer_size: 4}\n  - {method: distill, transfer_size: 4, alpha: 0.5}\n")
+    run_sweep(f, echo=lambda *_: None)
+    rows = {r["method"]: r for r in summarize(load_records(tmp_path / "runs"))}
+    assert sorted(rows) == ["distill-lora", "distill-lora-a0.5", "icl", "pbft-lora"]
+    assert rows["distill-lora"]["seeds"] == [0, 1] and rows["distill-lora"]["teacher s"] != "-"
+    assert rows["icl"]["teacher s"] == "-"

@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except EngrainError as e:
         print(f"engrain: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("engrain: interrupted", file=sys.stderr)
         return 130

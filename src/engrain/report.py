@@ -82,14 +82,15 @@ def summarize(records: list[dict]) -> list[dict]:
     import statistics
     from collections import defaultdict
 
+    from engrain.results import variant
+
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         c = r["config"]
-        variant = r["method"] if r["kind"] == "eval" else f"{r['method']}-{c['params']}"
-        groups[(c["model"], c["task"], variant, c["shots"])].append(r)
+        groups[(c["model"], c["task"], variant(r["kind"], r["method"], c), c["shots"])].append(r)
     rows = []
-    for (model, task, variant, shots), rs in sorted(groups.items()):
-        row = {"model": model, "task": task, "method": variant, "k": shots, "seeds": sorted(r["config"]["seed"] for r in rs)}
+    for (model, task, name, shots), rs in sorted(groups.items()):
+        row = {"model": model, "task": task, "method": name, "k": shots, "seeds": sorted(r["config"]["seed"] for r in rs)}
         for split in rs[0]["metrics"]:
             row[split] = _mean_std([r["metrics"][split]["accuracy"] for r in rs])
             for heur in rs[0]["metrics"][split].get("by_heuristic", {}):
@@ -98,6 +99,9 @@ def summarize(records: list[dict]) -> list[dict]:
             row[f"{split} ms/query"] = f"{statistics.median(per_query):.1f}"
         train = [r["measure"]["train"] for r in rs if "train" in r["measure"]]
         row["train s"] = f"{statistics.median([t['seconds'] for t in train]):.0f}" if train else "-"
+        teacher = [r["teacher"]["seconds"] for r in rs if "teacher" in r]
+        if teacher or any(r["method"] == "distill" for r in records):  # the column only where distillation is compared
+            row["teacher s"] = f"{statistics.median(teacher):.0f}" if teacher else "-"
         peaks = [r["measure"]["train"]["peak_memory_mb"] if "train" in r["measure"] else max(
             v["peak_memory_mb"] for v in r["measure"].values() if isinstance(v, dict) and "peak_memory_mb" in v) for r in rs]
         row["peak MB"] = f"{max(peaks):.0f}"

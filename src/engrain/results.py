@@ -18,13 +18,23 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base.removesuffix(".gguf"))
 
 
+# The options a distillation comparison varies: (field, default, tag in the name) when not default.
+DISTILL_OPTIONS = [("transfer", "pool", "t-"), ("distill_loss", "verbalizer", ""), ("kl", "forward", ""), ("temperature", 1.0, "T"), ("alpha", 0.0, "a")]
+
+
+def variant(kind: str, method: str, config: dict) -> str:
+    """What a run compares, e.g. ``icl``, ``pbft-lora``, ``distill-lora-a0.5``: names and report rows."""
+    if kind != "train":
+        return method
+    name = f"{method}-{config['params']}"
+    if method == "distill":  # an option missing from an older record counts as its default
+        name += "".join(f"-{tag}{config.get(f, default)}" for f, default, tag in DISTILL_OPTIONS if config.get(f, default) != default)
+    return name
+
+
 def run_name(kind: str, method: str, cfg) -> str:
     """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
-    variant = f"{method}-{cfg.params}" if kind == "train" else method
-    if kind == "train" and method == "distill":  # the options a distillation comparison varies, when not default
-        opts = [("transfer", "pool", "t-"), ("distill_loss", "verbalizer", ""), ("kl", "forward", ""), ("temperature", 1.0, "T"), ("alpha", 0.0, "a")]
-        variant += "".join(f"-{tag}{getattr(cfg, f)}" for f, default, tag in opts if getattr(cfg, f) != default)
-    name = f"{cfg.task}-{variant}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
+    name = f"{cfg.task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
     if getattr(cfg, "adapter", None):
         name += f"-{Path(cfg.adapter).name}"
     if getattr(cfg, "limit", None):

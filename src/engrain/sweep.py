@@ -5,7 +5,8 @@
     grid: {task: [rte, mnli], seed: [0, 1, 2]}     # every combination ...
     runs:                                          # ... times every entry here
       - {method: icl}
-      - {method: pbft, params: lora}
+      - {method: pbft, params: lora, shots: 16}    # an entry may pin a grid key: identical runs run once
+    reuse: [runs/other]          # optional: folders whose records of identical runs are copied, not rerun
 
 Entries with ``method: icl`` are evaluations (EvalConfig), the others fine-tuning (TrainConfig).
 Every config is built, and so validated, before the first run starts.
@@ -24,9 +25,9 @@ from engrain.results import run_name
 
 def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]]]:
     spec = load_yaml(path)
-    unknown_keys = set(spec) - {"out", "base", "grid", "runs"}
+    unknown_keys = set(spec) - {"out", "base", "grid", "runs", "reuse"}
     if unknown_keys:
-        raise EngrainError(f"{path}: unknown top-level key {sorted(unknown_keys)[0]!r}; expected out, base, grid, runs")
+        raise EngrainError(f"{path}: unknown top-level key {sorted(unknown_keys)[0]!r}; expected out, base, grid, runs, reuse")
     out = Path(spec.get("out") or "runs")
     base, grid, runs = spec.get("base") or {}, spec.get("grid") or {}, spec.get("runs") or [{}]
     if not isinstance(base, dict) or not isinstance(grid, dict) or not isinstance(runs, list):
@@ -48,15 +49,35 @@ def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]]]:
                 planned.append((run_name("train", cfg.method, cfg), cfg))
     seen: dict[str, object] = {}
     for name, cfg in planned:
-        if name in seen:
-            raise EngrainError(f"{path}: two runs would write the same record {name!r}; they differ in: {', '.join(differences(seen[name], cfg))}")
-        seen[name] = cfg
-    return out, planned
+        if name in seen and (diff := differences(seen[name], cfg, ignore=())):
+            raise EngrainError(f"{path}: two runs would write the same record {name!r}; they differ in: {', '.join(diff)}")
+        seen.setdefault(name, cfg)  # the same run planned twice (an entry pinning a grid key) runs once
+    return out, list(seen.items())
 
 
-def differences(a, b) -> list[str]:
-    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
-    return sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k)) or ["the kind of run"]
+def reuse_folders(path: str | Path) -> list[Path]:
+    reuse = load_yaml(path).get("reuse") or []
+    reuse = [reuse] if isinstance(reuse, str) else reuse
+    if not isinstance(reuse, list) or not all(isinstance(f, str) for f in reuse):
+        raise EngrainError(f"{path}: reuse must be a folder or a list of folders")
+    missing = [f for f in reuse if not Path(f).is_dir()]
+    if missing:
+        raise EngrainError(f"{path}: reuse folder not found: {missing[0]}")
+    return [Path(f) for f in reuse]
+
+
+# Options that change where and how a run is shown or stored, not what it measures.
+NOT_MEASURED = ("progress", "data_dir", "device", "out", "save")
+
+
+def differences(a, b, ignore=NOT_MEASURED) -> list[str]:
+    """The options in which config ``b`` differs from ``a`` (a config or a recorded config dict).
+    An option missing from a record (added to engrain after it was written) counts as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(b)}
+    da = a if isinstance(a, dict) else dataclasses.asdict(a)
+    if type(a) is not type(b) and not isinstance(a, dict):
+        return ["the kind of run"]
+    return sorted(k for k, v in dataclasses.asdict(b).items() if k not in ignore and da.get(k, defaults[k]) != v)
 
 
 def check_done(path: Path, cfg) -> bool:
@@ -65,15 +86,31 @@ def check_done(path: Path, cfg) -> bool:
         return False
     from engrain.results import read_record
 
-    recorded = read_record(path)["config"]
-    mine = dataclasses.asdict(cfg)
-    # An option added to engrain after the record was written counts as its default then.
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    diff = sorted(k for k in mine if k not in ("progress", "data_dir", "device", "out", "save")
-                  and recorded.get(k, defaults[k]) != mine[k])
+    diff = differences(read_record(path)["config"], cfg)
     if diff:
         raise EngrainError(f"{path} records a run with a different config (differs in: {', '.join(diff)}); move it away or change out")
     return True
+
+
+def reusable(name: str, cfg, folders: list[Path]) -> Path | None:
+    """The first record of exactly this run in ``folders``, or None."""
+    from engrain.results import read_record
+
+    for folder in folders:
+        src = folder / f"{name}.json"
+        if src.is_file() and not differences(read_record(src)["config"], cfg):
+            return src
+    return None
+
+
+def copy_record(src: Path, out: Path) -> None:
+    import os
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{src.name}.tmp{os.getpid()}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, out / src.name)
 
 
 def run_sweep(path: str | Path, dry_run: bool = False, echo=print) -> list[str]:
@@ -82,7 +119,14 @@ def run_sweep(path: str | Path, dry_run: bool = False, echo=print) -> list[str]:
     from engrain.train import train
 
     out, planned = plan(path)
+    folders = reuse_folders(path)
     todo = [(n, c) for n, c in planned if not check_done(out / f"{n}.json", c)]
+    reused = {n: src for n, c in todo if (src := reusable(n, c, folders))}
+    for src in reused.values():
+        echo(f"{'would reuse' if dry_run else 'reused'} {src}")
+        if not dry_run:
+            copy_record(src, out)
+    todo = [(n, c) for n, c in todo if n not in reused]
     echo(f"{len(planned)} runs planned, {len(planned) - len(todo)} done, {len(todo)} to run")
     for i, (name, cfg) in enumerate(todo, 1):
         echo(f"[{i}/{len(todo)}] {name}")
