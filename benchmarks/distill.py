@@ -1,17 +1,20 @@
-"""Context distillation, LoRA student, three ways in one session (each run in its own process):
+"""Context distillation, LoRA student, four ways in one session (each run in its own process):
 
   engrain:  `engrain.train` with method distill: the teacher's context KV computed once, the
             teacher's verbaliser distribution for the whole transfer set computed once before
             training (batched, last position only), then student steps only;
+  sdft:     TRL's self-distillation trainer (`trl.experimental.sdft.SDFTTrainer`; `pip install
+            -e '.[bench]'`): the k demonstrations as the teacher's `privileged_context`, one sampled
+            answer token per query, teacher = the base weights (adapter disabled), its top-100
+            logit distillation; run every step, as SDFT is on-policy. Skipped if TRL is missing;
   naive:    a plain loop that runs the teacher (the same model with the LoRA adapter disabled, so no
             second copy) on demonstrations + query for every batch of every step, then the student;
   pbft:     engrain pbft + LoRA for the same number of steps and batch size (the target: distill's
             total time <= 1.5x pbft's).
 
 Same model (smollm2-135m), precision (bf16 autocast, fp32 weights), k=16 demonstrations (seed 0),
-transfer set, batch size, steps and learning rate. TRL's SDFT trainer was not run here (TRL is not
-a dependency; see the README). Prints wall time (teacher + student), student tokens/s and peak RSS,
-and the ratios; writes benchmarks/results/distill.json.
+transfer set, batch size (training and teacher), steps and learning rate. Prints wall time (teacher
++ student), student tokens/s and peak RSS, and the ratios; writes benchmarks/results/distill.json.
 
     python benchmarks/distill.py [--shots 16] [--transfer 64] [--steps 16]
 """
@@ -34,7 +37,7 @@ def config(method: str, args):
 
     epochs = args.steps * args.batch_size // (args.transfer if method == "distill" else args.shots)
     return TrainConfig(model=args.model, task="rte", shots=args.shots, seed=0, method=method, params="lora", epochs=epochs,
-                       lr=2e-4, warmup_ratio=0.0, train_batch_size=args.batch_size, transfer_size=args.transfer, data_dir=DATA,
+                       lr=2e-4, warmup_ratio=0.0, train_batch_size=args.batch_size, batch_size=args.batch_size, transfer_size=args.transfer, data_dir=DATA,
                        out=None, progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9)
 
 
@@ -51,21 +54,12 @@ def run_naive(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from engrain.data import Prompter, example_key, sample_few_shot
-    from engrain.evaluate import eval_sets
     from engrain.measure import Meter
     from engrain.methods.distill import kl_divergence
-    from engrain.models import load_model
-    from engrain.tasks import get_task, load_split
-    from engrain.train import collate, transfer_set
+    from engrain.train import collate
 
     cfg = config("distill", args)
-    spec = get_task("rte")
-    exclude = {example_key(s, ex) for s, exs, _ in eval_sets(spec, cfg) for ex in exs}
-    demos = sample_few_shot(spec, load_split(spec, "train", DATA), cfg.shots, 0, True, exclude)
-    inputs = transfer_set(cfg, spec, demos, exclude)
-    lm = load_model(args.model, "fp32", "cpu")
-    p = Prompter(spec, spec.prompt_format(), lm.tokenizer)
+    lm, p, demos, inputs = _setup(args)
     verb, ctx, pad = p.verbalizer_ids(), p.context_ids(demos), lm.tokenizer.pad_token_id
     teacher_ids = [ctx + q for q in p.query_ids(inputs, True)]
     student_ids = [p.context_ids([]) + q for q in p.query_ids(inputs, False)]
@@ -96,6 +90,57 @@ def run_naive(args) -> dict:
     return {"seconds": m.seconds, "steps": step, "student_tokens": tokens, "peak_rss_mb": m.peak_mb}
 
 
+def run_sdft(args) -> dict:
+    """TRL's SDFT trainer (trl.experimental.sdft), set up as its docs show, on the same data: the student
+    prompt is the query, the privileged context the k demonstrations (teacher prompt = context, blank
+    line, query, as engrain's ICL prompt); one sampled answer token per query (max_completion_length=1,
+    num_generations=1); teacher = base weights (LoRA adapter disabled), as engrain's; bf16."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import tempfile
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers.utils import logging as hf_logging
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    from engrain.measure import Meter
+
+    lm, p, demos, inputs = _setup(args)
+    hf_logging.set_verbosity_error()
+    data = Dataset.from_list([{"prompt": p.query_text(ex, False), "privileged_context": p.context_text(demos)} for ex in inputs])
+    tokenizer = lm.tokenizer
+    tokenizer.padding_side = "left"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SDFTConfig(output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=2e-4,
+                         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, num_generations=1,
+                         max_completion_length=1, max_prompt_length=2048, teacher_prompt_template="{privileged_context}\n\n{prompt}",
+                         teacher_model_kind="base", bf16=True, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+                         logging_steps=10**6, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+        trainer = SDFTTrainer(model=lm.model, args=cfg, train_dataset=data, processing_class=tokenizer,
+                              peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+        with Meter() as m:
+            out = trainer.train()
+    tokens = sum(len(ids) + 1 for ids in tokenizer([r["prompt"] for r in data])["input_ids"]) * args.steps * args.batch_size // len(data)
+    return {"seconds": m.seconds, "steps": out.global_step, "student_tokens": tokens, "peak_rss_mb": m.peak_mb}
+
+
+def _setup(args):
+    """The model (fp32 weights), prompter, k demonstrations and transfer inputs of engrain's distill run."""
+    from engrain.data import Prompter, example_key, sample_few_shot
+    from engrain.evaluate import eval_sets
+    from engrain.models import load_model
+    from engrain.tasks import get_task, load_split
+    from engrain.train import transfer_set
+
+    cfg = config("distill", args)
+    spec = get_task("rte")
+    exclude = {example_key(s, ex) for s, exs, _ in eval_sets(spec, cfg) for ex in exs}
+    demos = sample_few_shot(spec, load_split(spec, "train", DATA), cfg.shots, 0, True, exclude)
+    inputs = transfer_set(cfg, spec, demos, exclude)
+    lm = load_model(args.model, "fp32", "cpu")
+    return lm, Prompter(spec, spec.prompt_format(), lm.tokenizer), demos, inputs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -107,14 +152,21 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "distill.json"))
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_naive(args) if args.one == "naive" else run_engrain(args.one, args)))
+        run = {"naive": run_naive, "sdft": run_sdft}.get(args.one)
+        print(json.dumps(run(args) if run else run_engrain(args.one, args)))
         return
 
     from engrain.measure import host, versions
 
     res = {"machine": host(), "versions": versions(), "model": args.model, "task": "rte", "shots": args.shots,
            "transfer": args.transfer, "batch_size": args.batch_size, "steps": args.steps, "runs": {}}
-    for way in ("distill", "naive", "pbft"):
+    import importlib.util
+
+    ways = ["distill", "sdft", "naive", "pbft"]
+    if importlib.util.find_spec("trl") is None:
+        print("  (TRL not installed: `pip install -e '.[bench]'` to compare with its SDFT trainer)")
+        ways.remove("sdft")
+    for way in ways:
         proc = subprocess.run([sys.executable, __file__, "--one", way] + sys.argv[1:], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{way} failed:\n{proc.stderr[-3000:]}")
@@ -129,6 +181,10 @@ def main() -> None:
     res["distill_over_pbft_time"] = d["seconds"] / p["seconds"]
     print(f"  engrain distill vs naive loop: {res['speedup_over_naive']:.1f}x faster, memory {res['memory_vs_naive']:.2f}x; "
           f"distill / pbft-lora time for {args.steps} steps: {res['distill_over_pbft_time']:.2f}x")
+    if "sdft" in res["runs"]:
+        t = res["runs"]["sdft"]
+        res["speedup_over_sdft"], res["memory_vs_sdft"] = t["seconds"] / d["seconds"], d["peak_rss_mb"] / t["peak_rss_mb"]
+        print(f"  engrain distill vs TRL SDFT: {res['speedup_over_sdft']:.1f}x faster, memory {res['memory_vs_sdft']:.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"wrote {args.out}")

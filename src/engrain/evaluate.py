@@ -61,6 +61,21 @@ def encode_context(model: torch.nn.Module, context_ids: Sequence[int]):
     return out.past_key_values
 
 
+def repeat_cache(cache, n: int):
+    """``cache`` (batch 1) as a batch of ``n`` without copying it: each layer's keys and values are
+    broadcast views, so the forward pass's concatenation with the queries' keys makes the only copy
+    (a deep copy repeated to the batch would hold the context's KV twice during the forward)."""
+    past = copy.copy(cache)
+    past.layers = []
+    for layer in cache.layers:
+        view = copy.copy(layer)
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            view.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+            view.values = layer.values.expand(n, *layer.values.shape[1:])
+        past.layers.append(view)
+    return past
+
+
 def last_outputs(
     model: torch.nn.Module,
     context_ids: Sequence[int],
@@ -73,7 +88,7 @@ def last_outputs(
     """Yield (indices, model output) per batch of queries run after the context, last position only.
 
     ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
-    Each batch gets a copy of it repeated to the batch size; the queries are left-padded, with the
+    Each batch gets a view of it repeated to the batch size; the queries are left-padded, with the
     mask covering context + query and positions continuing after the context. (A peft prefix
     adapter adds its own length to the positions it is given.)
     """
@@ -85,8 +100,7 @@ def last_outputs(
         ids, mask = ids.to(dev), mask.to(dev)
         past = None
         if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(idx))
+            past = repeat_cache(cache, len(idx))
             mask = torch.cat([torch.ones(len(idx), n_ctx, dtype=mask.dtype, device=dev), mask], dim=1)
         yield idx, model(
             input_ids=ids,
