@@ -25,9 +25,9 @@ runs:
 
 def test_sweep_runs_once_then_skips_and_reports(tiny_model_dir, data_dir, tmp_path, capsys):
     f = write_sweep(tmp_path, tiny_model_dir, data_dir)
-    ran = run_sweep(f, echo=lambda *_: None)
+    ran = run_sweep(f, echo=lambda *_: None, isolate=False)
     assert len(ran) == 4
-    assert run_sweep(f, echo=lambda *_: None) == []  # everything recorded: nothing runs again
+    assert run_sweep(f, echo=lambda *_: None, isolate=False) == []  # everything recorded: nothing runs again
     rows = summarize(load_records(tmp_path / "runs"))
     assert [(r["method"], r["seeds"]) for r in rows] == [("icl", [0, 1]), ("pbft-lora", [0, 1])]
     assert "±" in rows[0]["rte"] and "hans:lexical_overlap" in rows[0]
@@ -39,7 +39,7 @@ def test_sweep_runs_once_then_skips_and_reports(tiny_model_dir, data_dir, tmp_pa
 def test_sweep_validates_every_run_before_running(tiny_model_dir, data_dir, tmp_path):
     f = write_sweep(tmp_path, tiny_model_dir, data_dir, extra="  - {method: pbft, params: lora, lr: -1}\n")
     with pytest.raises(EngrainError, match="--lr must be > 0"):
-        run_sweep(f, echo=lambda *_: None)
+        run_sweep(f, echo=lambda *_: None, isolate=False)
     assert not (tmp_path / "runs").exists()
 
 
@@ -66,28 +66,28 @@ def test_distill_options_are_in_the_name(tmp_path):
 
 def test_a_record_with_another_config_is_not_taken_as_done(tiny_model_dir, data_dir, tmp_path):
     f = write_sweep(tmp_path, tiny_model_dir, data_dir)
-    run_sweep(f, echo=lambda *_: None)
+    run_sweep(f, echo=lambda *_: None, isolate=False)
     rec = next((tmp_path / "runs").glob("eval-*-s0-n6.json"))
     rec.write_text(rec.read_text().replace('"balanced": true', '"balanced": false'))  # recorded by some other config
     with pytest.raises(EngrainError, match="records a run with a different config .*balanced"):
-        run_sweep(f, echo=lambda *_: None)
+        run_sweep(f, echo=lambda *_: None, isolate=False)
 
 
 def test_options_added_later_count_as_their_defaults(tiny_model_dir, data_dir, tmp_path):
     import json
 
     f = write_sweep(tmp_path, tiny_model_dir, data_dir)
-    run_sweep(f, echo=lambda *_: None)
+    run_sweep(f, echo=lambda *_: None, isolate=False)
     rec = next((tmp_path / "runs").glob("train-*-s0-n6.json"))
     data = json.loads(rec.read_text())
     del data["config"]["temperature"]  # as written by an engrain without that option
     rec.write_text(json.dumps(data))
-    assert run_sweep(f, echo=lambda *_: None) == []
+    assert run_sweep(f, echo=lambda *_: None, isolate=False) == []
 
 
 def test_report_into_a_marked_section(tiny_model_dir, data_dir, tmp_path, capsys):
     f = write_sweep(tmp_path, tiny_model_dir, data_dir)
-    run_sweep(f, echo=lambda *_: None)
+    run_sweep(f, echo=lambda *_: None, isolate=False)
     doc = tmp_path / "doc.md"
     doc.write_text("intro\n<!-- table:runs -->\nold\n<!-- /table:runs -->\nend\n")
     assert main(["report", str(tmp_path / "runs"), "--into", str(doc)]) == 0
@@ -104,30 +104,46 @@ def test_an_entry_pinning_a_grid_key_runs_once(tmp_path):
 
 def test_reuse_copies_identical_records_and_runs_the_rest(tiny_model_dir, data_dir, tmp_path):
     first = write_sweep(tmp_path, tiny_model_dir, data_dir)
-    run_sweep(first, echo=lambda *_: None)
+    run_sweep(first, echo=lambda *_: None, isolate=False)
     second = tmp_path / "second.yaml"  # same runs, but the LoRA run trains for 2 epochs: only that one differs
     second.write_text(first.read_text().replace(f"out: {tmp_path / 'runs'}", f"out: {tmp_path / 'second'}\nreuse: [{tmp_path / 'runs'}]")
                       .replace("{method: pbft, params: lora}", "{method: pbft, params: lora, epochs: 2}"))
     lines: list[str] = []
-    ran = run_sweep(second, echo=lines.append)
+    ran = run_sweep(second, echo=lines.append, isolate=False)
     assert sorted(ran) == sorted(n for n, _ in plan(second)[1] if n.startswith("train-"))
     assert sum(line.startswith("reused ") for line in lines) == 2
     icl = sorted((tmp_path / "second").glob("eval-*.json"))
     assert [p.read_text() for p in icl] == [(tmp_path / "runs" / p.name).read_text() for p in icl]
-    assert run_sweep(second, echo=lambda *_: None) == []
+    assert run_sweep(second, echo=lambda *_: None, isolate=False) == []
 
 
 def test_reuse_folder_must_exist(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text(f"out: {tmp_path / 'o'}\nreuse: {tmp_path / 'nope'}\nbase: {{model: x, task: rte}}\n")
     with pytest.raises(EngrainError, match="reuse folder not found"):
-        run_sweep(f, echo=lambda *_: None)
+        run_sweep(f, echo=lambda *_: None, isolate=False)
 
 
 def test_report_separates_distillation_variants(tiny_model_dir, data_dir, tmp_path):
     f = write_sweep(tmp_path, tiny_model_dir, data_dir, extra="  - {method: distill, transfer_size: 4}\n  - {method: distill, transfer_size: 4, alpha: 0.5}\n")
-    run_sweep(f, echo=lambda *_: None)
+    run_sweep(f, echo=lambda *_: None, isolate=False)
     rows = {r["method"]: r for r in summarize(load_records(tmp_path / "runs"))}
     assert sorted(rows) == ["distill-lora", "distill-lora-a0.5", "icl", "pbft-lora"]
     assert rows["distill-lora"]["seeds"] == [0, 1] and rows["distill-lora"]["teacher s"] != "-"
     assert rows["icl"]["teacher s"] == "-"
+
+
+def test_the_cli_runs_each_run_in_its_own_process(tiny_model_dir, data_dir, tmp_path, capsys):
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    f.write_text(f.read_text().replace("grid: {seed: [0, 1]}", "grid: {seed: [0]}"))
+    assert main(["sweep", str(f)]) == 0
+    assert len(load_records(tmp_path / "runs")) == 2
+    assert run_sweep(f, echo=lambda *_: None, isolate=False) == []
+
+
+def test_a_failing_isolated_run_stops_the_sweep_with_one_line(tiny_model_dir, data_dir, tmp_path, capsys):
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    f.write_text(f.read_text().replace("grid: {seed: [0, 1]}", "grid: {seed: [0]}").replace("{method: icl}", "{method: icl, model: /nonexistent/model}"))
+    assert main(["sweep", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "failed (exit code 2)" in err and not (tmp_path / "runs").exists()

@@ -113,11 +113,39 @@ def copy_record(src: Path, out: Path) -> None:
     os.replace(tmp, out / src.name)
 
 
-def run_sweep(path: str | Path, dry_run: bool = False, echo=print) -> list[str]:
-    """Run what is not done yet; returns the names run (or, with dry_run, that would run)."""
+def run_one(cfg) -> None:
     from engrain.evaluate import evaluate
     from engrain.train import train
 
+    (train if isinstance(cfg, TrainConfig) else evaluate)(cfg)
+
+
+def _child(cfg) -> None:
+    import sys
+
+    try:
+        run_one(cfg)
+    except EngrainError as e:
+        print(f"engrain: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_isolated(name: str, cfg) -> None:
+    """Run in a fresh process, so that each record's time and memory are its own (a long-lived
+    process keeps the memory high-water mark of earlier runs) and a crash cannot take the sweep's
+    bookkeeping with it."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(cfg,), name=name)
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise EngrainError(f"run {name} failed (exit code {proc.exitcode}); the runs before it are recorded, rerun the sweep to continue")
+
+
+def run_sweep(path: str | Path, dry_run: bool = False, echo=print, isolate: bool = True) -> list[str]:
+    """Run what is not done yet, each run in its own process unless ``isolate`` is false; returns the
+    names run (or, with dry_run, that would run)."""
     out, planned = plan(path)
     folders = reuse_folders(path)
     todo = [(n, c) for n, c in planned if not check_done(out / f"{n}.json", c)]
@@ -131,5 +159,5 @@ def run_sweep(path: str | Path, dry_run: bool = False, echo=print) -> list[str]:
     for i, (name, cfg) in enumerate(todo, 1):
         echo(f"[{i}/{len(todo)}] {name}")
         if not dry_run:
-            (train if isinstance(cfg, TrainConfig) else evaluate)(cfg)
+            run_isolated(name, cfg) if isolate else run_one(cfg)
     return [n for n, _ in todo]
