@@ -30,7 +30,7 @@ def test_sweep_runs_once_then_skips_and_reports(tiny_model_dir, data_dir, tmp_pa
     assert run_sweep(f, echo=lambda *_: None, isolate=False) == []  # everything recorded: nothing runs again
     rows = summarize(load_records(tmp_path / "runs"))
     assert [(r["method"], r["seeds"]) for r in rows] == [("icl", [0, 1]), ("pbft-lora", [0, 1])]
-    assert "±" in rows[0]["rte"] and "hans:lexical_overlap" in rows[0]
+    assert "±" in rows[0]["in-domain"] and "hans:lexical_overlap" in rows[0]
     assert main(["report", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| model | task | method |") and "pbft-lora" in out

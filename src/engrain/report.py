@@ -89,14 +89,16 @@ def summarize(records: list[dict]) -> list[dict]:
         c = r["config"]
         groups[(c["model"], c["task"], variant(r["kind"], r["method"], c), c["shots"])].append(r)
     rows = []
-    for (model, task, name, shots), rs in sorted(groups.items()):
+    order = sorted(groups, key=lambda g: (g[0], g[1], g[3], g[2] != "icl", g[2]))  # per model, task, k: icl first
+    for (model, task, name, shots), rs in ((g, groups[g]) for g in order):
         row = {"model": model, "task": task, "method": name, "k": shots, "seeds": sorted(r["config"]["seed"] for r in rs)}
         for split in rs[0]["metrics"]:
-            row[split] = _mean_std([r["metrics"][split]["accuracy"] for r in rs])
+            col = "in-domain" if split == task else split  # one column for every task's own validation set
+            row[col] = _mean_std([r["metrics"][split]["accuracy"] for r in rs])
             for heur in rs[0]["metrics"][split].get("by_heuristic", {}):
-                row[f"{split}:{heur}"] = _mean_std([r["metrics"][split]["by_heuristic"][heur]["all"] for r in rs])
+                row[f"{col}:{heur}"] = _mean_std([r["metrics"][split]["by_heuristic"][heur]["all"] for r in rs])
             per_query = [r["measure"][split]["seconds"] / r["metrics"][split]["n"] * 1000 for r in rs]
-            row[f"{split} ms/query"] = f"{statistics.median(per_query):.1f}"
+            row[f"{col} ms/query"] = f"{statistics.median(per_query):.1f}"
         train = [r["measure"]["train"] for r in rs if "train" in r["measure"]]
         row["train s"] = f"{statistics.median([t['seconds'] for t in train]):.0f}" if train else "-"
         teacher = [r["teacher"]["seconds"] for r in rs if "teacher" in r]
