@@ -73,10 +73,10 @@ NOT_MEASURED = ("progress", "data_dir", "device", "out", "save")
 def differences(a, b, ignore=NOT_MEASURED) -> list[str]:
     """The options in which config ``b`` differs from ``a`` (a config or a recorded config dict).
     An option missing from a record (added to engrain after it was written) counts as its default."""
+    if not isinstance(a, dict) and type(a) is not type(b):
+        return ["the kind of run"]
     defaults = {f.name: f.default for f in dataclasses.fields(b)}
     da = a if isinstance(a, dict) else dataclasses.asdict(a)
-    if type(a) is not type(b) and not isinstance(a, dict):
-        return ["the kind of run"]
     return sorted(k for k, v in dataclasses.asdict(b).items() if k not in ignore and da.get(k, defaults[k]) != v)
 
 
@@ -128,6 +128,8 @@ def _child(cfg) -> None:
     except EngrainError as e:
         print(f"engrain: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it
+        sys.exit(130)
 
 
 def run_isolated(name: str, cfg) -> None:
