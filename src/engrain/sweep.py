@@ -23,7 +23,8 @@ from engrain.errors import EngrainError
 from engrain.results import run_name
 
 
-def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]]]:
+def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
+    """(out folder, [(record name, config)] without duplicates, reuse folders), all validated."""
     spec = load_yaml(path)
     unknown_keys = set(spec) - {"out", "base", "grid", "runs", "reuse"}
     if unknown_keys:
@@ -52,18 +53,14 @@ def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]]]:
         if name in seen and (diff := differences(seen[name], cfg, ignore=())):
             raise EngrainError(f"{path}: two runs would write the same record {name!r}; they differ in: {', '.join(diff)}")
         seen.setdefault(name, cfg)  # the same run planned twice (an entry pinning a grid key) runs once
-    return out, list(seen.items())
-
-
-def reuse_folders(path: str | Path) -> list[Path]:
-    reuse = load_yaml(path).get("reuse") or []
+    reuse = spec.get("reuse") or []
     reuse = [reuse] if isinstance(reuse, str) else reuse
     if not isinstance(reuse, list) or not all(isinstance(f, str) for f in reuse):
         raise EngrainError(f"{path}: reuse must be a folder or a list of folders")
     missing = [f for f in reuse if not Path(f).is_dir()]
     if missing:
         raise EngrainError(f"{path}: reuse folder not found: {missing[0]}")
-    return [Path(f) for f in reuse]
+    return out, list(seen.items()), [Path(f) for f in reuse]
 
 
 # Options that change where and how a run is shown or stored, not what it measures.
@@ -103,16 +100,6 @@ def reusable(name: str, cfg, folders: list[Path]) -> Path | None:
     return None
 
 
-def copy_record(src: Path, out: Path) -> None:
-    import os
-    import shutil
-
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{src.name}.tmp{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, out / src.name)
-
-
 def run_one(cfg) -> None:
     from engrain.evaluate import evaluate
     from engrain.train import train
@@ -148,14 +135,15 @@ def run_isolated(name: str, cfg) -> None:
 def run_sweep(path: str | Path, dry_run: bool = False, echo=print, isolate: bool = True) -> list[str]:
     """Run what is not done yet, each run in its own process unless ``isolate`` is false; returns the
     names run (or, with dry_run, that would run)."""
-    out, planned = plan(path)
-    folders = reuse_folders(path)
+    from engrain.results import read_record, write_record
+
+    out, planned, folders = plan(path)
     todo = [(n, c) for n, c in planned if not check_done(out / f"{n}.json", c)]
     reused = {n: src for n, c in todo if (src := reusable(n, c, folders))}
     for src in reused.values():
         echo(f"{'would reuse' if dry_run else 'reused'} {src}")
         if not dry_run:
-            copy_record(src, out)
+            write_record(read_record(src), out)  # atomic, as every record
     todo = [(n, c) for n, c in todo if n not in reused]
     echo(f"{len(planned)} runs planned, {len(planned) - len(todo)} done, {len(todo)} to run")
     for i, (name, cfg) in enumerate(todo, 1):
