@@ -120,6 +120,8 @@ def run_sdft(args) -> dict:
                               peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
         with Meter() as m:
             out = trainer.train()
+    # Student tokens (prompt + the one sampled answer token): the transfer set's mean times the examples
+    # the steps saw, since the trainer does not report which ones it drew.
     tokens = sum(len(ids) + 1 for ids in tokenizer([r["prompt"] for r in data])["input_ids"]) * args.steps * args.batch_size // len(data)
     return {"seconds": m.seconds, "steps": out.global_step, "student_tokens": tokens, "peak_rss_mb": m.peak_mb}
 
