@@ -40,9 +40,9 @@ def test_cached_teacher_equals_a_fresh_teacher_pass(setup):
     torch.testing.assert_close(cached.topk_logprobs[0], values, atol=1e-4, rtol=1e-4)
 
 
-def prefix_student(lm, ctx):
+def prefix_student(lm, ctx, tokens=None):
     cache = encode_context(lm.model, ctx)
-    return apply_params(lm.model, ParamSpec("prefix"), cache, len(ctx))
+    return apply_params(lm.model, ParamSpec("prefix", prefix_tokens=tokens or 0), cache, len(ctx))
 
 
 def test_prefix_student_at_init_reproduces_the_icl_teacher(setup):
@@ -54,6 +54,20 @@ def test_prefix_student_at_init_reproduces_the_icl_teacher(setup):
     torch.testing.assert_close(got, teacher, atol=1e-4, rtol=1e-4)
     assert torch.equal(got.argmax(-1), teacher.argmax(-1))
     assert teacher.std(0).min() > 1e-3, "scores must vary between inputs, or this test proves nothing"
+
+
+def test_a_shorter_prefix_starts_as_the_first_tokens_of_the_context(setup):
+    """--prefix-tokens N: the Cartridges initialisation keeps the KV of the context's first N tokens."""
+    lm, p, demos, transfer = setup
+    ctx, q, v = p.context_ids(demos), p.query_ids(transfer, True), p.verbalizer_ids()
+    n = len(ctx) // 3
+    truncated, _ = score(lm.model, ctx[:n], q, v, 4, lm.tokenizer.pad_token_id)
+    whole, _ = score(lm.model, ctx, q, v, 4, lm.tokenizer.pad_token_id)
+    student = prefix_student(lm, ctx, n)
+    assert student.peft_config["default"].num_virtual_tokens == n
+    got, _ = score(student, [], q, v, 4, lm.tokenizer.pad_token_id)
+    torch.testing.assert_close(got, truncated, atol=1e-4, rtol=1e-4)
+    assert (got - whole).abs().max() > 1e-2, "the first third of the context must score differently from all of it"
 
 
 @pytest.mark.parametrize("kind,kl", [("verbalizer", "forward"), ("verbalizer", "reverse"), ("topk", "forward")])
@@ -98,11 +112,18 @@ def test_kl_decreases_in_training_and_record_splits_teacher_time(tiny_model_dir,
     assert json.loads(open(rec["path"]).read())["teacher"] == t
 
 
-@pytest.mark.parametrize("params", ["prefix", "bitfit", "ia3", "full"])
-def test_other_students_train_and_round_trip(tiny_model_dir, data_dir, tmp_path, params):
+@pytest.mark.parametrize("params,kw", [("prefix", {}), ("prefix", {"prefix_tokens": 8}), ("bitfit", {}), ("ia3", {}), ("full", {})])
+def test_other_students_train_and_round_trip(tiny_model_dir, data_dir, tmp_path, params, kw):
     from engrain import EvalConfig, evaluate
 
-    rec, _, _ = train_model(distill_cfg(tiny_model_dir, data_dir, tmp_path, params=params, epochs=1, transfer_size=8, lr=1e-3))
+    rec, _, _ = train_model(distill_cfg(tiny_model_dir, data_dir, tmp_path, params=params, epochs=1, transfer_size=8, lr=1e-3, **kw))
+    if kw:
+        assert rec["name"].startswith("train-rte-distill-prefix-p8-")
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(tiny_model_dir)
+        per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)  # K and V
+        assert rec["trainable_parameters"]["trainable"] == (8 - 1) * per_token  # the first token (attention sink) stays frozen
     ev = evaluate(EvalConfig(model=str(tiny_model_dir), task="rte", adapter=rec["adapter"]["path"], limit=8,
                              data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32"))
     for split in ("rte", "hans"):
@@ -116,6 +137,8 @@ def test_other_students_train_and_round_trip(tiny_model_dir, data_dir, tmp_path,
     ({"transfer": "all"}, r"--transfer must be one of pool, shots"),
     ({"kl": "js"}, r"--kl must be one of forward, reverse"),
     ({"transfer_size": 0}, r"--transfer-size must be an integer >= 1"),
+    ({"params": "prefix", "prefix_tokens": 1}, r"--prefix-tokens must be 0 \(the whole context\) or an integer >= 2"),
+    ({"params": "lora", "prefix_tokens": 64}, r"--prefix-tokens applies to --params prefix, not lora"),
 ])
 def test_bad_distill_options(kw, message):
     with pytest.raises(EngrainError, match=message):
@@ -130,6 +153,12 @@ def test_empty_transfer_set(tiny_model_dir, tmp_path):
     (data / "val.jsonl").write_text(json.dumps({"premise": "q", "hypothesis": "h", "label": "entailment"}))
     with pytest.raises(EngrainError, match="the transfer set is empty"):
         train_model(distill_cfg(tiny_model_dir, tmp_path / "data", tmp_path / "out", ood=False))
+
+
+def test_prefix_longer_than_the_context_is_an_error(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(EngrainError, match=r"--prefix-tokens 100000 is more than the \d+ tokens of the 4 demonstrations"):
+        train_model(distill_cfg(tiny_model_dir, data_dir, tmp_path, params="prefix", prefix_tokens=100000))
+    assert not list(tmp_path.iterdir())
 
 
 def test_context_too_long_is_an_error_before_compute(tiny_model_dir, data_dir, tmp_path):

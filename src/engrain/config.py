@@ -71,9 +71,9 @@ class EvalConfig:
             )
 
 
-def _at_least(name: str, value: Any, low: int) -> None:
+def _at_least(name: str, value: Any, low: int, alternative: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise EngrainError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        raise EngrainError(f"--{name.replace('_', '-')} must be {alternative}an integer >= {low}, got {value!r}")
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
@@ -133,6 +133,7 @@ class TrainConfig(EvalConfig):
     lora_r: int = opt(8, "LoRA rank")
     lora_alpha: int = opt(16, "LoRA alpha")
     lora_dropout: float = opt(0.0, "LoRA dropout")
+    prefix_tokens: int = opt(0, "prefix: KV prefix length; 0 keeps the whole context, N compresses it to N tokens initialised from its first N")
     target_modules: str | None = opt(None, "comma-separated module names for LoRA/IA3 (default q_proj,v_proj for LoRA; peft's for IA3)")
     full_vocab_loss: bool = opt(False, "pbft: cross-entropy over the full vocabulary instead of the verbalisers")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: every epoch)")
@@ -158,6 +159,10 @@ class TrainConfig(EvalConfig):
             raise EngrainError("--adapter is an option of engrain eval (evaluate a trained model), not of train")
         if self.target_modules is not None and self.params not in ("lora", "ia3"):
             raise EngrainError(f"--target-modules applies to --params lora or ia3, not {self.params}")
+        if self.prefix_tokens and self.params != "prefix":
+            raise EngrainError(f"--prefix-tokens applies to --params prefix, not {self.params}")
+        if self.prefix_tokens != 0:
+            _at_least("prefix_tokens", self.prefix_tokens, 2, "0 (the whole context) or ")
         preset = {**PRESETS[self.params], **(DISTILL_PRESET if self.method == "distill" else {})}
         for name, value in preset.items():
             if getattr(self, name) is None:

@@ -26,6 +26,7 @@ class ParamSpec:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None  # default: q/v projections (LoRA), peft's (IA3)
+    prefix_tokens: int = 0  # prefix: length of the KV prefix (0: the whole context)
 
 
 def decoder_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
@@ -71,6 +72,8 @@ def apply_params(model: torch.nn.Module, spec: ParamSpec, context_cache=None, co
     ``prefix`` is peft's CARTRIDGE: a trainable KV prefix, initialised from ``context_cache`` (the KV
     of the k examples as ICL demonstrations), so at step 0 the model with its prefix is the ICL
     prompt's model; the first token (an attention sink) stays frozen, as the Cartridges paper advises.
+    ``spec.prefix_tokens`` = N < ``context_len`` compresses: the prefix starts as the KV of the context's
+    first N tokens (the Cartridges initialisation), a shorter context that training teaches the rest.
     """
     if spec.kind not in PARAM_SETS:
         from engrain.errors import unknown
@@ -90,8 +93,11 @@ def apply_params(model: torch.nn.Module, spec: ParamSpec, context_cache=None, co
             raise EngrainError("--params prefix is initialised from the demonstrations: it needs --shots >= 1")
         from peft.tuners.cartridge.utils import initialize_kv_prefix_from_past_key_values
 
+        n = spec.prefix_tokens or context_len
+        if not 2 <= n <= context_len:
+            raise EngrainError(f"--prefix-tokens {n} is outside [2, {context_len}] (the context's length)")
         model.requires_grad_(False)
-        pm = get_peft_model(model, CartridgeConfig(num_virtual_tokens=context_len, num_frozen_tokens=1, task_type="CAUSAL_LM"))
+        pm = get_peft_model(model, CartridgeConfig(num_virtual_tokens=n, num_frozen_tokens=1, task_type="CAUSAL_LM"))
         initialize_kv_prefix_from_past_key_values(pm, past_key_values=context_cache)
         return pm
     targets = list(spec.target_modules) if spec.target_modules else None

@@ -27,6 +27,8 @@ def variant(kind: str, method: str, config: dict) -> str:
     if kind != "train":
         return method
     name = f"{method}-{config['params']}"
+    if config.get("prefix_tokens"):  # a compressed KV prefix (missing from older records: the whole context)
+        name += f"-p{config['prefix_tokens']}"
     if method == "distill":  # an option missing from an older record counts as its default
         name += "".join(f"-{tag}{config.get(f, default)}" for f, default, tag in DISTILL_OPTIONS if config.get(f, default) != default)
     return name

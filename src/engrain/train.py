@@ -91,10 +91,12 @@ def train_model(cfg: TrainConfig):
     prompter = Prompter(spec, fmt, lm.tokenizer)
     verb = prompter.verbalizer_ids()
     ctx = prompter.context_ids(shots)  # the k examples as ICL demonstrations (teacher context, prefix init)
-    # A prefix student starts as the ICL prompt: its KV prefix holds the context (BOS included), so
-    # its queries are the ICL queries (with the separator) at positions after the context.
+    # A prefix student starts as the ICL prompt: its KV prefix holds the context (BOS included), or the
+    # context's first --prefix-tokens tokens, so its queries are the ICL queries (with the separator).
     as_icl = cfg.params == "prefix"
-    prefix, prefix_tokens = ([], len(ctx)) if as_icl else (prompter.context_ids([]), 0)
+    if cfg.prefix_tokens > len(ctx):
+        raise EngrainError(f"--prefix-tokens {cfg.prefix_tokens} is more than the {len(ctx)} tokens of the {len(shots)} demonstrations")
+    prefix, prefix_tokens = ([], cfg.prefix_tokens or len(ctx)) if as_icl else (prompter.context_ids([]), 0)
     queries = {s.name: prompter.query_ids(exs, with_context=as_icl) for s, exs, _ in sets}
     inputs = transfer_set(cfg, spec, shots, exclude) if cfg.method == "distill" else shots
     train_ids = [prefix + q for q in prompter.query_ids(inputs, with_context=as_icl)]
@@ -115,7 +117,7 @@ def train_model(cfg: TrainConfig):
                                        "transfer_examples": len(inputs), "transfer_tokens": sum(map(len, teacher_queries))}
 
     targets = tuple(t.strip() for t in cfg.target_modules.split(",")) if cfg.target_modules else None
-    model = apply_params(lm.model, ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets), cache, len(ctx))
+    model = apply_params(lm.model, ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, cfg.prefix_tokens), cache, len(ctx))
     lm.model = model  # evaluation runs the adapted model (a prefix lives in the peft wrapper)
     method = build_method(cfg.method, verb, model.config.get_text_config().hidden_size, len(spec.labels),
                           full_vocab_loss=cfg.full_vocab_loss, teacher=teacher if cfg.method == "distill" else None,
