@@ -131,6 +131,12 @@ def test_report_separates_distillation_variants(tiny_model_dir, data_dir, tmp_pa
     assert sorted(rows) == ["distill-lora", "distill-lora-a0.5", "icl", "pbft-lora"]
     assert rows["distill-lora"]["seeds"] == [0, 1] and rows["distill-lora"]["teacher s"] != "-"
     assert rows["icl"]["teacher s"] == "-"
+    for r in rows.values():  # per-query speed-up over ICL with the same k, right after the in-domain time
+        cols = list(r)
+        assert cols[cols.index("in-domain ms/query") + 1] == "speed-up vs icl"
+        want = float(rows["icl"]["in-domain ms/query"]) / float(r["in-domain ms/query"])
+        assert float(r["speed-up vs icl"]) == pytest.approx(want, abs=0.051)
+    assert rows["icl"]["speed-up vs icl"] == "1.0"
 
 
 def test_the_cli_runs_each_run_in_its_own_process(tiny_model_dir, data_dir, tmp_path, capsys):

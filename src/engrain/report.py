@@ -108,7 +108,22 @@ def summarize(records: list[dict]) -> list[dict]:
             v["peak_memory_mb"] for v in r["measure"].values() if isinstance(v, dict) and "peak_memory_mb" in v) for r in rs]
         row["peak MB"] = f"{max(peaks):.0f}"
         rows.append(row)
-    return rows
+    return _with_speedup(rows)
+
+
+def _with_speedup(rows: list[dict]) -> list[dict]:
+    """After the in-domain per-query time: how many times faster a query is than ICL's with the same
+    model, task and k demonstrations (the per-query saving of moving the context into the weights)."""
+    icl = {(r["model"], r["task"], r["k"]): float(r["in-domain ms/query"]) for r in rows if r["method"] == "icl"}
+    if not icl or len(icl) == len(rows):
+        return rows
+    out = []
+    for row in rows:
+        ms, base = float(row["in-domain ms/query"]), icl.get((row["model"], row["task"], row["k"]))
+        items = list(row.items())
+        at = [k for k, _ in items].index("in-domain ms/query") + 1
+        out.append(dict(items[:at] + [("speed-up vs icl", f"{base / ms:.1f}" if base else "-")] + items[at:]))
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
