@@ -121,7 +121,7 @@ def _with_speedup(rows: list[dict]) -> list[dict]:
     for row in rows:
         ms, base = float(row["in-domain ms/query"]), icl.get((row["model"], row["task"], row["k"]))
         items = list(row.items())
-        at = [k for k, _ in items].index("in-domain ms/query") + 1
+        at = list(row).index("in-domain ms/query") + 1
         out.append(dict(items[:at] + [("speed-up vs icl", f"{base / ms:.1f}" if base else "-")] + items[at:]))
     return out
 
