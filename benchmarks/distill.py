@@ -54,13 +54,16 @@ def run_naive(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from engrain.evaluate import padding_side
     from engrain.measure import Meter
+    from engrain.methods import forward_last
     from engrain.methods.distill import kl_divergence
     from engrain.train import collate
 
     cfg = config("distill", args)
     lm, p, demos, inputs = _setup(args)
     verb, ctx, pad = p.verbalizer_ids(), p.context_ids(demos), lm.tokenizer.pad_token_id
+    side = padding_side(lm.model)
     teacher_ids = [ctx + q for q in p.query_ids(inputs, True)]
     student_ids = [p.context_ids([]) + q for q in p.query_ids(inputs, False)]
     model = get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
@@ -72,14 +75,12 @@ def run_naive(args) -> dict:
             for idx in torch.randperm(len(inputs), generator=g).split(args.batch_size):
                 if step == args.steps:
                     break
-                t_batch = collate([(teacher_ids[i], 0, i) for i in idx], pad)
-                s_batch = collate([(student_ids[i], 0, i) for i in idx], pad)
+                t_batch = collate([(teacher_ids[i], 0, i) for i in idx], pad, side)
+                s_batch = collate([(student_ids[i], 0, i) for i in idx], pad, side)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     with torch.no_grad(), model.disable_adapter():  # the teacher: base weights, full context, every step
-                        t = model(input_ids=t_batch["input_ids"], attention_mask=t_batch["attention_mask"],
-                                  position_ids=t_batch["position_ids"], logits_to_keep=1).logits[:, -1, verb].float()
-                    s = model(input_ids=s_batch["input_ids"], attention_mask=s_batch["attention_mask"],
-                              position_ids=s_batch["position_ids"], logits_to_keep=1).logits[:, -1, verb].float()
+                        t = forward_last(model, t_batch)[0][:, verb].float()
+                    s = forward_last(model, s_batch)[0][:, verb].float()
                 loss = kl_divergence(t.log_softmax(-1), s.log_softmax(-1))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -94,6 +94,37 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory) -> Path:
+    """A saved tiny Gemma 3 (one sliding-window layer with a window of 8 tokens, one global layer):
+    contexts longer than the window exercise what a Llama cannot, as gemma3-270m's 512 window does."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = build_tokenizer(tiny_texts(_data_dir()))
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10)
+    out = tmp_path_factory.mktemp("tiny-gemma3")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session", params=["llama", "gemma3"])
+def tiny_any_dir(request) -> Path:
+    """Each tiny model family in turn, for the invariants padding and caching could break."""
+    return request.getfixturevalue("tiny_model_dir" if request.param == "llama" else "tiny_gemma_dir")
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
     """The tiny model loaded in fp32 (exact comparisons)."""
     from engrain.models import load_model

@@ -10,7 +10,7 @@ import torch
 from engrain.config import TrainConfig
 from engrain.data import Prompter, sample_few_shot
 from engrain.errors import EngrainError
-from engrain.evaluate import encode_context, score, score_uncached
+from engrain.evaluate import encode_context, padding_side, score, score_uncached
 from engrain.methods.distill import Distill, kl_divergence, teacher_outputs
 from engrain.models import load_model
 from engrain.params import ParamSpec, apply_params
@@ -19,8 +19,8 @@ from engrain.train import collate, train_model
 
 
 @pytest.fixture()
-def setup(tiny_model_dir, data_dir):
-    lm = load_model(str(tiny_model_dir), "fp32", "cpu")  # fresh: some tests attach adapters
+def setup(tiny_any_dir, data_dir):
+    lm = load_model(str(tiny_any_dir), "fp32", "cpu")  # fresh: some tests attach adapters
     spec = get_task("rte")
     p = Prompter(spec, spec.prompt_format(), lm.tokenizer)
     demos = sample_few_shot(spec, load_split(spec, "train", data_dir), 4, 0)
@@ -76,11 +76,12 @@ def test_kl_is_zero_when_student_is_teacher(setup, kind, kl):
     ctx, q, v = p.context_ids(demos), p.query_ids(transfer, True), p.verbalizer_ids()
     teacher = teacher_outputs(lm.model, ctx, q, v, 4, lm.tokenizer.pad_token_id, topk=8)
     student = prefix_student(lm, ctx)
-    batch = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(q, transfer))], lm.tokenizer.pad_token_id)
+    side = padding_side(student)  # as training pads: left would cut a Gemma student off its prefix
+    batch = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(q, transfer))], lm.tokenizer.pad_token_id, side)
     loss = Distill(v, teacher, kind, kl, temperature=2.0).loss(student, batch)
     assert abs(loss.item()) < 1e-5
     # ... and not zero for a student without the context
-    plain = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(p.query_ids(transfer, False), transfer))], lm.tokenizer.pad_token_id)
+    plain = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(p.query_ids(transfer, False), transfer))], lm.tokenizer.pad_token_id, side)
     assert Distill(v, teacher, kind, kl).loss(lm.model, plain).item() > 1e-3
 
 

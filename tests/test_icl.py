@@ -43,6 +43,28 @@ def test_prefix_cached_equals_uncached(tiny, rte_prompts):
     assert a.std(0).min() > 1e-3, "the tiny model must give input-dependent scores, or this test proves nothing"
 
 
+def test_cached_scores_equal_each_prompt_alone_for_every_model_family(tiny_any_dir, data_dir):
+    """Padding must never sit between the cached context and a query: a sliding-window layer (Gemma 3)
+    counts its window in cache slots, pads included, so a padded gap would hide context tokens."""
+    from engrain.models import load_model
+
+    lm = load_model(str(tiny_any_dir), "fp32", "cpu")
+    spec = get_task("rte")
+    demos = sample_few_shot(spec, load_split(spec, "train", data_dir), 4, 0)
+    val = load_split(spec, "validation", data_dir)[:13]
+    p = Prompter(spec, spec.prompt_format(), lm.tokenizer)
+    ctx, q, v = p.context_ids(demos), p.query_ids(val, True), p.verbalizer_ids()
+    window = getattr(lm.model.config, "sliding_window", None)
+    assert window is None or len(ctx) > 4 * window, "the context must outgrow the sliding window"
+    a, top = score(lm.model, ctx, q, v, batch_size=4, pad_id=lm.tokenizer.pad_token_id)
+    b, _ = score_uncached(lm.model, ctx, q, v, batch_size=5, pad_id=lm.tokenizer.pad_token_id)
+    ref = torch.stack([plain_last_logits(lm.model, ctx + x) for x in q])  # (N, V)
+    torch.testing.assert_close(a, ref[:, v], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b, ref[:, v], atol=1e-4, rtol=1e-4)
+    assert torch.equal(top, ref.argmax(-1))
+    assert a.std(0).min() > 1e-3, "scores must vary between inputs, or this test proves nothing"
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
 def test_batch_size_does_not_change_scores(tiny, rte_prompts, batch_size):
     p, demos, val = rte_prompts

@@ -2,8 +2,8 @@
 
 The prediction for a query is the argmax over the verbaliser tokens' logits at the answer position
 (the last prompt token). The demonstrations are the same for every query, so their KV cache is
-computed once and each query batch runs only its own tokens against it; only the last position's
-logits are computed (``logits_to_keep=1``), and batches are padded to their own longest member.
+computed once and each query batch runs only its own tokens against it; only each query's last
+position gets logits (``logits_to_keep``), and batches are padded to their own longest member.
 """
 
 from __future__ import annotations
@@ -30,21 +30,54 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids and mask, padded on the left so every sequence ends at the last position."""
+def padding_side(model: torch.nn.Module) -> str:
+    """Where a model's batches get their padding.
+
+    Left by default: every prompt then ends at the last position, the only one that needs logits.
+    Right for models with sliding-window attention (Gemma 3, Mistral): after a cached context (or a
+    KV prefix) left padding leaves a gap of pads before each query, and a sliding-window layer counts
+    those slots against its window, so it would stop seeing context tokens it should see. Right
+    padding costs a few more logit rows per batch (one per distinct prompt length).
+    """
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return "right" if getattr(cfg, "sliding_window", None) else "left"
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and mask, padded on ``side`` to the longest sequence."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s)
-            mask[i, width - len(s) :] = 1
+        span = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, span] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, span] = 1
     return ids, mask
 
 
 def positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """Position ids that skip left padding: (B, T)."""
+    """Position ids (B, T) of a padded batch that follows ``offset`` cached positions."""
     return (mask.cumsum(-1) - 1).clamp(min=0) + offset
+
+
+def last_token_outputs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, past=None, n_past: int = 0,
+                       hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (B, V) and, with ``hidden``, final hidden states (B, H) at each row's last real token.
+
+    ``ids``/``mask`` are a padded batch (either side) running after ``n_past`` cached positions
+    (``past``; a peft prefix adapter adds its own). Only the rows' distinct last positions get
+    logits (``logits_to_keep`` as indices): one position when left-padded, never (B, T, V).
+    """
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # (B,) each row's last real token
+    keep, col = torch.unique(last, return_inverse=True)
+    full_mask = mask
+    if n_past:
+        full_mask = torch.cat([torch.ones(len(ids), n_past, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    out = model(input_ids=ids, attention_mask=full_mask, position_ids=positions(mask, n_past), past_key_values=past,
+                use_cache=past is not None, logits_to_keep=keep, output_hidden_states=hidden)
+    rows = torch.arange(len(ids), device=ids.device)
+    logits = out.logits[rows, col]  # (B, V)
+    return logits, out.hidden_states[-1][rows, last] if hidden else None
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -52,12 +85,18 @@ def positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_context(model: torch.nn.Module, context_ids: Sequence[int]):
-    """KV cache of the context (batch 1), or None for an empty context."""
+    """KV cache of the context (batch 1), or None for an empty context.
+
+    Every layer keeps every position: a sliding-window layer still masks by its window (the model
+    applies it from its config), but its cache is not trimmed, so the cache can also initialise a
+    KV prefix of any length (the Cartridges initialisation)."""
+    from transformers import DynamicCache
+
     if not context_ids:
         return None
-    dev = model.device
-    ids = torch.tensor([list(context_ids)], device=dev)
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+    ids = torch.tensor([list(context_ids)], device=model.device)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(), use_cache=True,
+                logits_to_keep=1)
     return out.past_key_values
 
 
@@ -85,32 +124,20 @@ def last_outputs(
     cache=None,
     hidden: bool = False,
 ):
-    """Yield (indices, model output) per batch of queries run after the context, last position only.
+    """Yield (indices, logits (B, V), hidden (B, H) or None) per batch of queries run after the context,
+    at each query's last token.
 
     ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
-    Each batch gets a view of it repeated to the batch size; the queries are left-padded, with the
-    mask covering context + query and positions continuing after the context. (A peft prefix
-    adapter adds its own length to the positions it is given.)
+    Each batch gets a view of it repeated to the batch size; the queries are padded on the model's
+    :func:`padding_side`.
     """
     if cache is None:
         cache = encode_context(model, context_ids)
-    n_ctx, dev = len(context_ids), model.device
+    n_ctx, dev, side = len(context_ids), model.device, padding_side(model)
     for idx in length_sorted_batches([len(q) for q in queries], batch_size):
-        ids, mask = left_pad([queries[i] for i in idx], pad_id)
-        ids, mask = ids.to(dev), mask.to(dev)
-        past = None
-        if cache is not None:
-            past = repeat_cache(cache, len(idx))
-            mask = torch.cat([torch.ones(len(idx), n_ctx, dtype=mask.dtype, device=dev), mask], dim=1)
-        yield idx, model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions(mask[:, n_ctx:], n_ctx),
-            past_key_values=past,
-            use_cache=past is not None,
-            logits_to_keep=1,
-            output_hidden_states=hidden,
-        )
+        ids, mask = pad([queries[i] for i in idx], pad_id, side)
+        past = repeat_cache(cache, len(idx)) if cache is not None else None
+        yield (idx, *last_token_outputs(model, ids.to(dev), mask.to(dev), past, n_ctx if past is not None else 0, hidden))
 
 
 @torch.no_grad()
@@ -134,9 +161,9 @@ def score(
     out_v = torch.empty(len(queries), head.out_features if head is not None else len(verbalizer_ids))
     out_top = torch.empty(len(queries), dtype=torch.long)
     batches = last_outputs(model, context_ids, queries, batch_size, pad_id, cache, head is not None)
-    for idx, out in batches:
-        logits = out.logits[:, -1].float()  # (B, V)
-        cls = logits[:, verb] if head is None else head(out.hidden_states[-1][:, -1].float())  # (B, C)
+    for idx, logits, h in batches:
+        logits = logits.float()  # (B, V)
+        cls = logits[:, verb] if head is None else head(h.float())  # (B, C)
         out_v[idx] = cls.float().cpu()
         out_top[idx] = logits.argmax(-1).cpu()
         if progress is not None:

@@ -20,7 +20,7 @@ import torch
 from engrain.config import TrainConfig
 from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
 from engrain.errors import EngrainError
-from engrain.evaluate import check_fits, encode_context, eval_sets, left_pad, positions, score_sets
+from engrain.evaluate import check_fits, encode_context, eval_sets, pad, padding_side, score_sets
 from engrain.measure import FlopModel, Meter, causal_pairs
 from engrain.methods import build_method
 from engrain.methods.distill import teacher_outputs
@@ -28,10 +28,10 @@ from engrain.params import ParamSpec, apply_params, trainable_summary
 from engrain.tasks import get_task, load_split
 
 
-def collate(items: list[tuple[list[int], int, int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """(ids, label, index) items -> a left-padded batch (a peft prefix offsets the positions itself)."""
-    ids, mask = left_pad([x for x, _, _ in items], pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask),
+def collate(items: list[tuple[list[int], int, int]], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
+    """(ids, label, index) items -> a batch padded on ``side`` (the model's evaluate.padding_side)."""
+    ids, mask = pad([x for x, _, _ in items], pad_id, side)
+    return {"input_ids": ids, "attention_mask": mask,
             "labels": torch.tensor([y for _, y, _ in items]), "index": torch.tensor([i for _, _, i in items])}
 
 
@@ -127,10 +127,10 @@ def train_model(cfg: TrainConfig):
     summary = trainable_summary(model, head)
 
     g = torch.Generator().manual_seed(cfg.seed)
-    pad = lm.tokenizer.pad_token_id
+    pad_id, side = lm.tokenizer.pad_token_id, padding_side(model)
     items = [(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(train_ids, inputs))]
     loader = torch.utils.data.DataLoader(items, batch_size=cfg.train_batch_size, shuffle=True, generator=g,
-                                         collate_fn=lambda b: collate(b, pad))
+                                         collate_fn=lambda b: collate(b, pad_id, side))
     steps_per_epoch = -(-len(loader) // cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     opt, sched = build_optimizer(trainable, cfg, total_steps)

@@ -1,6 +1,6 @@
 """Training methods behind one small interface; `icl` (nothing trained) lives in engrain.evaluate.
 
-A method turns a batch of left-padded prompts (B, T) and gold labels (B,) into a loss, and names the
+A method turns a batch of right-padded prompts (B, T) and gold labels (B,) into a loss, and names the
 extra module it trains (a classification head) if any. Prediction always goes through the shared
 scorer (engrain.evaluate.score), so every method's numbers are comparable with ICL's.
 """
@@ -22,14 +22,10 @@ class Method(Protocol):
 
 
 def forward_last(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden: bool = False):
-    """One forward pass over left-padded prompts keeping only the last position's logits."""
-    return model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=1,
-        output_hidden_states=hidden,
-    )
+    """Logits (B, V) and, with ``hidden``, final hidden states (B, H) at each prompt's last token."""
+    from engrain.evaluate import last_token_outputs
+
+    return last_token_outputs(model, batch["input_ids"], batch["attention_mask"], hidden=hidden)
 
 
 METHODS = ("icl", "pbft", "head", "distill")

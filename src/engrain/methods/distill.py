@@ -32,8 +32,8 @@ def teacher_outputs(model, context_ids, queries, verbalizer_ids, batch_size: int
     out = TeacherOutputs(torch.empty(n, len(verbalizer_ids)))
     if topk:
         out.topk_logprobs, out.topk_ids = torch.empty(n, topk), torch.empty(n, topk, dtype=torch.long)
-    for idx, o in last_outputs(model, context_ids, queries, batch_size, pad_id, cache):
-        logits = o.logits[:, -1].float()  # (B, V)
+    for idx, logits, _ in last_outputs(model, context_ids, queries, batch_size, pad_id, cache):
+        logits = logits.float()  # (B, V)
         out.verbalizer_logits[idx] = logits[:, verb].cpu()
         if topk:
             values, ids = logits.log_softmax(-1).topk(topk, dim=-1)
@@ -57,7 +57,7 @@ class Distill:
         self.kind, self.reverse, self.t, self.alpha = loss, kl == "reverse", float(temperature), float(alpha)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = forward_last(model, batch).logits[:, -1].float()  # (B, V)
+        logits = forward_last(model, batch)[0].float()  # (B, V)
         verb = torch.tensor(self.verbalizer_ids, device=logits.device)
         index = batch["index"].cpu()
         if self.kind == "topk":

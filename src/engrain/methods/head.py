@@ -1,6 +1,5 @@
 """Vanilla fine-tuning (llmft's OPTWithClassifier): a new, randomly initialised linear head on the
-last non-pad token's final hidden state (the prompts are left-padded, so that is the last position);
-the input still uses the task's pattern, as llmft does."""
+last non-pad token's final hidden state; the input still uses the task's pattern, as llmft does."""
 
 from __future__ import annotations
 
@@ -18,5 +17,5 @@ class HeadMethod:
         torch.nn.init.normal_(self.head.weight, std=hidden_size**-0.5)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = forward_last(model, batch, hidden=True).hidden_states[-1][:, -1]  # (B, H)
+        _, h = forward_last(model, batch, hidden=True)  # (B, H)
         return F.cross_entropy(self.head(h.float()), batch["labels"])

@@ -18,7 +18,7 @@ class PBFT:
         self.full_vocab = full_vocab  # cross-entropy over the whole vocabulary instead of the verbalisers
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = forward_last(model, batch).logits[:, -1].float()  # (B, V)
+        logits = forward_last(model, batch)[0].float()  # (B, V)
         verb = torch.tensor(self.verbalizer_ids, device=logits.device)
         if self.full_vocab:
             return F.cross_entropy(logits, verb[batch["labels"]])
