@@ -1,6 +1,6 @@
 """Training methods behind one small interface; `icl` (nothing trained) lives in engrain.evaluate.
 
-A method turns a batch of right-padded prompts (B, T) and gold labels (B,) into a loss, and names the
+A method turns a batch of padded prompts (B, T) and gold labels (B,) into a loss, and names the
 extra module it trains (a classification head) if any. Prediction always goes through the shared
 scorer (engrain.evaluate.score), so every method's numbers are comparable with ICL's.
 """
