@@ -68,29 +68,30 @@ def tiny_texts(data_dir: Path | None) -> list[str]:
     return texts
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A saved tiny Llama + tokenizer folder, loadable with engrain.models.load_model(path)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def save_tiny(model_cls, cfg_cls, folder: Path, **cfg) -> Path:
+    """Build a tiny random model with the in-process tokenizer, save both to ``folder``."""
     tok = build_tokenizer(tiny_texts(_data_dir()))
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    model = model_cls(cfg_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                              pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, **cfg))
     # Random init at std 0.02 gives near-uniform logits; scale up so predictions differ between inputs.
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(10)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny Llama + tokenizer folder, loadable with engrain.models.load_model(path)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return save_tiny(LlamaForCausalLM, LlamaConfig, tmp_path_factory.mktemp("tiny-llama"), tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="session")
@@ -99,23 +100,8 @@ def tiny_gemma_dir(tmp_path_factory) -> Path:
     contexts longer than the window exercise what a Llama cannot, as gemma3-270m's 512 window does."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    tok = build_tokenizer(tiny_texts(_data_dir()))
-    cfg = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(10)
-    out = tmp_path_factory.mktemp("tiny-gemma3")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny(Gemma3ForCausalLM, Gemma3TextConfig, tmp_path_factory.mktemp("tiny-gemma3"), head_dim=8,
+                     query_pre_attn_scalar=8, sliding_window=8, layer_types=["sliding_attention", "full_attention"])
 
 
 @pytest.fixture(scope="session", params=["llama", "gemma3"])
