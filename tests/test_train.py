@@ -31,9 +31,9 @@ def changed(before: dict, model: torch.nn.Module) -> set[str]:
 
 @pytest.mark.parametrize("method,params", MATRIX)
 def test_only_intended_parameters_change_and_adapter_round_trips(tiny_any_dir, data_dir, tmp_path, method, params):
-    tiny_model_dir = tiny_any_dir  # a Llama, then a Gemma 3 (no biases: BitFit adds them; sliding-window layers)
-    before = {n: p.detach().clone() for n, p in load_model(str(tiny_model_dir), "fp32", "cpu").model.named_parameters()}
-    rec, model, head = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, method, params))
+    """For a Llama, then a Gemma 3 (no biases: BitFit adds them; sliding-window layers)."""
+    before = {n: p.detach().clone() for n, p in load_model(str(tiny_any_dir), "fp32", "cpu").model.named_parameters()}
+    rec, model, head = train_model(cfg_for(tiny_any_dir, data_dir, tmp_path, method, params))
     moved = changed(before, model)
     assert moved, "training changed nothing"
     if params == "full":
@@ -50,7 +50,7 @@ def test_only_intended_parameters_change_and_adapter_round_trips(tiny_any_dir, d
     assert 0 < tp["trainable"] <= tp["total"] and (params == "full") == (tp["share"] > 0.5)
     assert len(rec["curve"]) == 3 and set(rec["curve"][0]["metrics"]) == {"rte", "hans"}
     # save -> load -> the same predictions as at the end of training
-    ev = evaluate(EvalConfig(model=str(tiny_model_dir), task="rte", adapter=rec["adapter"]["path"], limit=16,
+    ev = evaluate(EvalConfig(model=str(tiny_any_dir), task="rte", adapter=rec["adapter"]["path"], limit=16,
                              data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32"))
     for split in ("rte", "hans"):
         assert ev["metrics"][split]["predicted_share"] == rec["metrics"][split]["predicted_share"]

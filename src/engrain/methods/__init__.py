@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from engrain.errors import unknown
+from engrain.evaluate import last_token_outputs
 
 
 class Method(Protocol):
@@ -23,8 +24,6 @@ class Method(Protocol):
 
 def forward_last(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden: bool = False):
     """Logits (B, V) and, with ``hidden``, final hidden states (B, H) at each prompt's last token."""
-    from engrain.evaluate import last_token_outputs
-
     return last_token_outputs(model, batch["input_ids"], batch["attention_mask"], hidden=hidden)
 
 
