@@ -166,3 +166,47 @@ def test_context_too_long_is_an_error_before_compute(tiny_model_dir, data_dir, t
     with pytest.raises(EngrainError, match=r"prompt too long for the model: \d+ context tokens"):
         train_model(distill_cfg(tiny_model_dir, data_dir, tmp_path, shots=200))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_transfer_set_holds_neither_demonstrations_nor_evaluation_data(tiny_model_dir, data_dir, tmp_path):
+    from engrain.data import example_key
+    from engrain.evaluate import eval_sets
+    from engrain.train import transfer_set
+
+    cfg = distill_cfg(tiny_model_dir, data_dir, tmp_path, transfer_size=100000, limit=None)
+    spec = get_task("rte")
+    sets = eval_sets(spec, cfg)
+    evaluation = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
+    demos = sample_few_shot(spec, load_split(spec, "train", data_dir), 4, 0, exclude=evaluation)
+    pool = transfer_set(cfg, spec, demos, evaluation)
+    keys = [example_key(spec, ex) for ex in pool]
+    train = {example_key(spec, ex) for ex in load_split(spec, "train", data_dir)}
+    assert not set(keys) & {example_key(spec, d) for d in demos}
+    assert not set(keys) & evaluation
+    assert set(keys) == train - evaluation - {example_key(spec, d) for d in demos}  # everything else is in it
+    assert len(set(keys)) == len(keys) or len(keys) > 0
+
+
+@pytest.mark.parametrize("temperature,alpha", [(1.0, 0.0), (2.0, 0.0), (0.5, 0.0), (2.0, 0.3), (1.0, 1.0)])
+@pytest.mark.parametrize("kl", ["forward", "reverse"])
+def test_distill_loss_values_for_temperature_and_alpha(setup, temperature, alpha, kl):
+    """The loss is T^2 KL(softmax(t/T) || softmax(s/T)) mixed with alpha x CE(gold), from numbers worked out here."""
+    lm, p, demos, transfer = setup
+    v = p.verbalizer_ids()
+    ids = [p.context_ids([]) + q for q in p.query_ids(transfer[:6], False)]
+    batch = collate([(x, i % 2, i) for i, x in enumerate(ids)], lm.tokenizer.pad_token_id, padding_side(lm.model))
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(6, 2, generator=g) * 3  # teacher verbaliser logits, far from the student's
+    method = Distill(v, type("T", (), {"verbalizer_logits": teacher})(), kl=kl, temperature=temperature, alpha=alpha)
+    with torch.no_grad():
+        got = method.loss(lm.model, batch).item()
+        s = lm.model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+        last = batch["attention_mask"].cumsum(-1).argmax(-1) if padding_side(lm.model) == "right" else torch.full((6,), s.shape[1] - 1)
+        s = s[torch.arange(6), last][:, v].double()  # (6, 2) student verbaliser logits
+    pt, ps = (teacher.double() / temperature).softmax(-1), (s / temperature).softmax(-1)
+    a, b = (pt, ps) if kl == "forward" else (ps, pt)
+    kl_value = (a * (a / b).log()).sum(-1).mean().item()
+    ce = torch.nn.functional.cross_entropy(s, batch["labels"]).item()
+    want = (1 - alpha) * temperature**2 * kl_value + alpha * ce
+    assert kl_value > 0.05 and want > 0
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-6)

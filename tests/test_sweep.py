@@ -153,3 +153,20 @@ def test_a_failing_isolated_run_stops_the_sweep_with_one_line(tiny_model_dir, da
     assert main(["sweep", str(f)]) == 2
     err = capsys.readouterr().err
     assert "failed (exit code 2)" in err and not (tmp_path / "runs").exists()
+
+
+def test_an_icl_entry_rejects_unknown_keys(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x, task: rte, epochs: 3}\nruns:\n  - {method: icl, shot: 4}\n  - {method: pbft}\n")
+    with pytest.raises(EngrainError, match=r"unknown key in .*'shot'\. Did you mean 'shots'\?"):
+        plan(f)
+
+
+def test_an_icl_entry_rejects_training_options_of_its_own(tmp_path):
+    """Training options shared through base/grid are for the training entries; in an icl entry they are a mistake."""
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x, task: rte, epochs: 3}\nruns:\n  - {method: icl, lr: 0.1}\n")
+    with pytest.raises(EngrainError, match=r"'lr' is a training option; an icl entry .* trains nothing"):
+        plan(f)
+    f.write_text("base: {model: x, task: rte, epochs: 3}\nruns:\n  - {method: icl}\n  - {method: pbft}\n")
+    assert len(plan(f)[1]) == 2

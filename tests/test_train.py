@@ -188,3 +188,148 @@ def test_two_runs_in_one_process_with_different_settings(tiny_model_dir, data_di
     a, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / "a", "pbft", "lora", epochs=1, precision="bf16", grad_accum=1))
     b, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / "b", "pbft", "lora", epochs=1, precision="fp32", grad_accum=2))
     assert a["measure"]["train"]["steps"] == 2 and b["measure"]["train"]["steps"] == 1  # 8 examples, batch 4
+
+
+# ---------------------------------------------------------------------------- review fixes (issue 13)
+
+
+def test_pbft_is_not_refused_for_demonstrations_it_never_sees(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """PBFT trains on each example alone: the k examples as one ICL context may exceed the window."""
+    from engrain.models import LoadedModel
+
+    monkeypatch.setattr(LoadedModel, "max_length", property(lambda self: 160))
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", shots=16, epochs=1, limit=4, eval_sample=2))
+    assert rec["measure"]["train"]["steps"] == 4
+    # ... while a distillation teacher (queries after the whole context) is still refused, before any compute
+    with pytest.raises(EngrainError, match=r"prompt too long for the model: \d+ context tokens"):
+        train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / "d", "distill", "lora", shots=16, epochs=1, limit=4))
+
+
+def test_the_evaluation_sample_is_the_same_for_every_seed(data_dir):
+    from engrain.evaluate import eval_sets
+    from engrain.tasks import get_task
+
+    spec = get_task("mnli")
+    lines = [[[ex["line"] for ex in exs] for _, exs, _ in eval_sets(spec, EvalConfig(task="mnli", seed=s, sample=50, data_dir=str(data_dir)))]
+             for s in (0, 1, 2)]
+    assert lines[0] == lines[1] == lines[2] and len(lines[0][1]) == 50  # mnli and hans
+    other = eval_sets(spec, EvalConfig(task="mnli", sample=50, sample_seed=7, data_dir=str(data_dir)))
+    assert [ex["line"] for ex in other[0][1]] != lines[0][0]
+
+
+def test_per_epoch_evaluation_sample_ignores_the_training_seed(tiny_model_dir, data_dir, tmp_path):
+    from engrain.train import per_epoch_sets
+
+    a, b = (cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", seed=s, limit=None, eval_sample=30) for s in (0, 1))
+    from engrain.evaluate import eval_sets
+    from engrain.tasks import get_task
+
+    sets = eval_sets(get_task("rte"), a)
+    pick = lambda cfg: [[ex["line"] for ex in exs] for _, exs, _ in per_epoch_sets(sets, cfg)]  # noqa: E731
+    assert pick(a) == pick(b) and len(pick(a)[1]) == 30
+
+
+def _train_flops(rec) -> float:
+    tr = rec["measure"]["train"]
+    return tr["mfu"] * rec["measure"]["matmul_peak_tflops"] * 1e12 * tr["seconds"]
+
+
+def test_training_flops_count_no_weight_gradients_for_frozen_weights(tiny_model_dir, data_dir, tmp_path):
+    """Training FLOPs = 3 x forward (PaLM's count), less the weight gradients (2 x params x tokens) of frozen weights."""
+    from engrain.measure import FlopModel
+
+    full, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / "f", "pbft", "full", epochs=1, save=False))
+    lora, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / "l", "pbft", "lora", epochs=1, save=False))
+    tokens = full["measure"]["train"]["tokens"]
+    assert tokens == lora["measure"]["train"]["tokens"]
+    base = load_model(str(tiny_model_dir), "fp32", "cpu").model
+    body = FlopModel.of(base).body_params
+    n_lora = lora["trainable_parameters"]["trainable"]
+    # LoRA's forward adds 2 x n_lora per token, its backward computes weight gradients only for the n_lora
+    expected = _train_flops(full) - 2 * body * tokens + 3 * 2 * n_lora * tokens
+    assert _train_flops(lora) == pytest.approx(expected, rel=1e-6)
+
+
+def test_train_time_and_memory_leave_out_the_evaluations(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Per-epoch evaluation (its model copy, the matmul-peak probe) is not training: not in its seconds or peak."""
+    import time
+
+    import engrain.models
+    from engrain.measure import rss_bytes
+
+    real, seen = engrain.models.inference_copy, []
+
+    def slow_copy(model, dtype):
+        seen.append(rss_bytes())
+        ballast = torch.ones(128, 2**20)  # 512 MiB, touched
+        time.sleep(0.6)
+        del ballast
+        return real(model, dtype)
+
+    monkeypatch.setattr(engrain.models, "inference_copy", slow_copy)
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", epochs=2, save=False))
+    tr = rec["measure"]["train"]
+    assert len(seen) == 3  # two per-epoch points and the final evaluation
+    assert tr["seconds"] < 0.6, tr
+    assert tr["peak_memory_mb"] < max(seen) / 2**20 + 256, (tr, [s / 2**20 for s in seen])
+
+
+def test_inference_copy_never_holds_a_second_fp32_copy():
+    """bf16 inference copy of fp32 weights: the transient peak is the bf16 copy, not fp32 + bf16."""
+    import gc
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engrain.measure import Meter, rss_bytes
+    from engrain.models import inference_copy
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
+                                         num_attention_heads=8, num_key_value_heads=8))
+    fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20  # ~ 260 MiB
+    gc.collect()
+    start = rss_bytes()
+    with Meter() as m:
+        copy_ = inference_copy(model, torch.bfloat16)
+    assert copy_.model.layers[0].mlp.up_proj.weight.dtype is torch.bfloat16
+    grew = (m.peak_bytes - start) / 2**20
+    assert grew < 0.75 * fp32_mb, (grew, fp32_mb)  # the bf16 copy is 0.5 x; a transient fp32 copy makes it 1.5 x
+
+
+def test_an_adapter_from_a_task_with_other_labels_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    from engrain.cli import main
+
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "head", "lora", epochs=1, limit=4, eval_sample=2))
+    with pytest.raises(EngrainError, match=r"trained on task rte \(labels entailment, not_entailment\); task mnli3 has labels"):
+        evaluate(EvalConfig(model=str(tiny_model_dir), task="mnli3", adapter=rec["adapter"]["path"], limit=4,
+                            data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32"))
+    assert main(["eval", "--task", "mnli3", "--adapter", rec["adapter"]["path"], "--data-dir", str(data_dir), "--out", ""]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # the same labels under another task name (an MNLI-trained model on RTE, say) are allowed
+    ev = evaluate(EvalConfig(task="mnli", adapter=rec["adapter"]["path"], limit=4, ood=False, data_dir=str(data_dir), out="",
+                             progress=False, precision="fp32"))
+    assert ev["metrics"]["mnli"]["n"] == 4
+
+
+def test_overwriting_an_adapter_never_loses_the_old_one(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import os
+
+    import engrain.train as tr
+    from engrain.train import save_adapter
+
+    cfg = cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "bitfit", epochs=1, limit=4, eval_sample=2)
+    rec, model, _ = train_model(cfg)
+    target = tmp_path / rec["name"]
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    real = os.replace
+
+    def failing_replace(src, dst):
+        if ".tmp" in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(tr.os, "replace", failing_replace)
+    lm = load_model(str(tiny_model_dir), "fp32", "cpu")
+    with pytest.raises(OSError):
+        save_adapter(model, None, cfg, lm, target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
