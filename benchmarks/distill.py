@@ -54,11 +54,10 @@ def run_naive(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from engrain.evaluate import padding_side
+    from engrain.forward import padding_side
     from engrain.measure import Meter
-    from engrain.methods import forward_last
+    from engrain.methods import collate, forward_last
     from engrain.methods.distill import kl_divergence
-    from engrain.train import collate
 
     cfg = config("distill", args)
     lm, p, demos, inputs = _setup(args)
@@ -75,8 +74,8 @@ def run_naive(args) -> dict:
             for idx in torch.randperm(len(inputs), generator=g).split(args.batch_size):
                 if step == args.steps:
                     break
-                t_batch = collate([(teacher_ids[i], 0, i) for i in idx], pad, side)
-                s_batch = collate([(student_ids[i], 0, i) for i in idx], pad, side)
+                t_batch = collate([{"input_ids": teacher_ids[i]} for i in idx], pad, side)
+                s_batch = collate([{"input_ids": student_ids[i]} for i in idx], pad, side)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     with torch.no_grad(), model.disable_adapter():  # the teacher: base weights, full context, every step
                         t = forward_last(model, t_batch)[0][:, verb].float()
@@ -130,10 +129,10 @@ def run_sdft(args) -> dict:
 def _setup(args):
     """The model (fp32 weights), prompter, k demonstrations and transfer inputs of engrain's distill run."""
     from engrain.data import Prompter, example_key, sample_few_shot
-    from engrain.evaluate import eval_sets
+    from engrain.evaluation import eval_sets
     from engrain.models import load_model
     from engrain.tasks import get_task, load_split
-    from engrain.train import transfer_set
+    from engrain.methods.distill import transfer_set
 
     cfg = config("distill", args)
     spec = get_task("rte")

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from engrain.data import Prompter, sample_few_shot
-from engrain.evaluate import encode_context, score, score_uncached
+from engrain.evaluation import score, score_uncached
+from engrain.forward import encode_context
 from engrain.measure import FlopModel, Meter, causal_pairs, host, matmul_peak, versions
 from engrain.models import load_model
 from engrain.tasks import get_task, load_split

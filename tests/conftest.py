@@ -16,20 +16,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _data_dir() -> Path | None:
+    """$ENGRAIN_DATA when set (never a silent fallback past a wrong one), else ../shared/data."""
     env = os.environ.get("ENGRAIN_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (cand / "rte" / "train.jsonl").is_file():
-            return cand.resolve()
-    return None
+    cand = Path(env) if env else REPO.parent / "shared" / "data"
+    return cand.resolve() if (cand / "rte" / "train.jsonl").is_file() else None
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """The task data. Missing data fails every test that needs it: a suite that skipped most of its
+    training tests would pass while testing little (ENGRAIN_TEST_SKIP_DATA=1 skips them on purpose)."""
     d = _data_dir()
     if d is None:
-        if os.environ.get("CI"):
-            pytest.fail("task data not found: set ENGRAIN_DATA or put it at ../shared/data")
-        pytest.skip("task data not found (set ENGRAIN_DATA)")
+        where = os.environ.get("ENGRAIN_DATA") or REPO.parent / "shared" / "data"
+        if os.environ.get("ENGRAIN_TEST_SKIP_DATA") == "1":
+            pytest.skip(f"task data not found at {where} (ENGRAIN_TEST_SKIP_DATA=1)")
+        pytest.fail(f"task data not found at {where}: set ENGRAIN_DATA to a folder laid out like ../shared/data "
+                    "(or ENGRAIN_TEST_SKIP_DATA=1 to skip the tests that need it)", pytrace=False)
     return d
 
 

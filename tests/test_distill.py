@@ -10,12 +10,14 @@ import torch
 from engrain.config import TrainConfig
 from engrain.data import Prompter, sample_few_shot
 from engrain.errors import EngrainError
-from engrain.evaluate import encode_context, padding_side, score, score_uncached
+from engrain.evaluation import score, score_uncached
+from engrain.forward import encode_context, padding_side
 from engrain.methods.distill import Distill, kl_divergence, teacher_outputs
 from engrain.models import load_model
 from engrain.params import ParamSpec, apply_params
 from engrain.tasks import get_task, load_split
-from engrain.train import collate, train_model
+from engrain.methods import collate
+from engrain.train import train_model
 
 
 @pytest.fixture()
@@ -70,6 +72,10 @@ def test_a_shorter_prefix_starts_as_the_first_tokens_of_the_context(setup):
     assert (got - whole).abs().max() > 1e-2, "the first third of the context must score differently from all of it"
 
 
+def items(queries, examples) -> list[dict]:
+    return [{"input_ids": ids, "label": ex["label"], "index": i} for i, (ids, ex) in enumerate(zip(queries, examples))]
+
+
 @pytest.mark.parametrize("kind,kl", [("verbalizer", "forward"), ("verbalizer", "reverse"), ("topk", "forward")])
 def test_kl_is_zero_when_student_is_teacher(setup, kind, kl):
     lm, p, demos, transfer = setup
@@ -77,11 +83,11 @@ def test_kl_is_zero_when_student_is_teacher(setup, kind, kl):
     teacher = teacher_outputs(lm.model, ctx, q, v, 4, lm.tokenizer.pad_token_id, topk=8)
     student = prefix_student(lm, ctx)
     side = padding_side(student)  # as training pads: left would cut a Gemma student off its prefix
-    batch = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(q, transfer))], lm.tokenizer.pad_token_id, side)
+    batch = collate(items(q, transfer), lm.tokenizer.pad_token_id, side)
     loss = Distill(v, teacher, kind, kl, temperature=2.0).loss(student, batch)
     assert abs(loss.item()) < 1e-5
     # ... and not zero for a student without the context
-    plain = collate([(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(p.query_ids(transfer, False), transfer))], lm.tokenizer.pad_token_id, side)
+    plain = collate(items(p.query_ids(transfer, False), transfer), lm.tokenizer.pad_token_id, side)
     assert Distill(v, teacher, kind, kl).loss(lm.model, plain).item() > 1e-3
 
 
@@ -170,8 +176,8 @@ def test_context_too_long_is_an_error_before_compute(tiny_model_dir, data_dir, t
 
 def test_the_transfer_set_holds_neither_demonstrations_nor_evaluation_data(tiny_model_dir, data_dir, tmp_path):
     from engrain.data import example_key
-    from engrain.evaluate import eval_sets
-    from engrain.train import transfer_set
+    from engrain.evaluation import eval_sets
+    from engrain.methods.distill import transfer_set
 
     cfg = distill_cfg(tiny_model_dir, data_dir, tmp_path, transfer_size=100000, limit=None)
     spec = get_task("rte")
@@ -194,7 +200,7 @@ def test_distill_loss_values_for_temperature_and_alpha(setup, temperature, alpha
     lm, p, demos, transfer = setup
     v = p.verbalizer_ids()
     ids = [p.context_ids([]) + q for q in p.query_ids(transfer[:6], False)]
-    batch = collate([(x, i % 2, i) for i, x in enumerate(ids)], lm.tokenizer.pad_token_id, padding_side(lm.model))
+    batch = collate([{"input_ids": x, "label": i % 2, "index": i} for i, x in enumerate(ids)], lm.tokenizer.pad_token_id, padding_side(lm.model))
     g = torch.Generator().manual_seed(0)
     teacher = torch.randn(6, 2, generator=g) * 3  # teacher verbaliser logits, far from the student's
     method = Distill(v, type("T", (), {"verbalizer_logits": teacher})(), kl=kl, temperature=temperature, alpha=alpha)

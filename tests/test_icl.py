@@ -10,7 +10,8 @@ import torch
 from engrain import EvalConfig, evaluate
 from engrain.data import Prompter, sample_few_shot
 from engrain.errors import EngrainError
-from engrain.evaluate import encode_context, map_predictions, mcc, metrics, score, score_uncached
+from engrain.evaluation import map_predictions, mcc, metrics, score, score_uncached
+from engrain.forward import encode_context
 from engrain.tasks import get_task, load_split
 
 

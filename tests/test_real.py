@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engrain.data import Prompter, sample_few_shot
-from engrain.evaluate import score, score_uncached
+from engrain.evaluation import score, score_uncached
 from engrain.models import dequantised_folder, load_model, resolve_source
 from engrain.tasks import TASKS, get_task, load_split
 

@@ -197,7 +197,7 @@ def test_pbft_is_not_refused_for_demonstrations_it_never_sees(tiny_model_dir, da
     """PBFT trains on each example alone: the k examples as one ICL context may exceed the window."""
     from engrain.models import LoadedModel
 
-    monkeypatch.setattr(LoadedModel, "max_length", property(lambda self: 160))
+    monkeypatch.setattr(LoadedModel, "max_length", property(lambda self: 1024))  # the 16-shot context is ~2,800 tokens
     rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", shots=16, epochs=1, limit=4, eval_sample=2))
     assert rec["measure"]["train"]["steps"] == 4
     # ... while a distillation teacher (queries after the whole context) is still refused, before any compute
@@ -206,7 +206,7 @@ def test_pbft_is_not_refused_for_demonstrations_it_never_sees(tiny_model_dir, da
 
 
 def test_the_evaluation_sample_is_the_same_for_every_seed(data_dir):
-    from engrain.evaluate import eval_sets
+    from engrain.evaluation import eval_sets
     from engrain.tasks import get_task
 
     spec = get_task("mnli")
@@ -221,7 +221,7 @@ def test_per_epoch_evaluation_sample_ignores_the_training_seed(tiny_model_dir, d
     from engrain.train import per_epoch_sets
 
     a, b = (cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", seed=s, limit=None, eval_sample=30) for s in (0, 1))
-    from engrain.evaluate import eval_sets
+    from engrain.evaluation import eval_sets
     from engrain.tasks import get_task
 
     sets = eval_sets(get_task("rte"), a)
@@ -302,6 +302,7 @@ def test_an_adapter_from_a_task_with_other_labels_is_refused(tiny_model_dir, dat
     with pytest.raises(EngrainError, match=r"trained on task rte \(labels entailment, not_entailment\); task mnli3 has labels"):
         evaluate(EvalConfig(model=str(tiny_model_dir), task="mnli3", adapter=rec["adapter"]["path"], limit=4,
                             data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32"))
+    capsys.readouterr()
     assert main(["eval", "--task", "mnli3", "--adapter", rec["adapter"]["path"], "--data-dir", str(data_dir), "--out", ""]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     # the same labels under another task name (an MNLI-trained model on RTE, say) are allowed

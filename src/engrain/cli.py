@@ -39,7 +39,7 @@ def build_config(cls: type, args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from engrain.evaluate import evaluate
+    from engrain.evaluation import evaluate
     from engrain.report import print_eval
 
     print_eval(evaluate(build_config(EvalConfig, args)))

@@ -8,6 +8,7 @@ any data or model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from engrain.errors import EngrainError
+from engrain.names import PARAM_SETS, PRECISIONS, TRAIN_METHODS
 
 
 def opt(default: Any, help: str, **kw) -> Any:
@@ -35,6 +37,7 @@ class EvalConfig:
     ood: bool = opt(True, "also evaluate on the task's out-of-domain partners")
     limit: int | None = opt(None, "evaluate on the first N examples of each split")
     sample: int | None = opt(None, "evaluate on a seeded sample of N examples per set, stratified by label (and HANS heuristic)")
+    sample_seed: int = opt(0, "seed of the evaluation sample (--sample, eval_sample): fixed, so every seed and method is scored on the same examples")
     batch_size: int = opt(16, "queries per forward pass")
     precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16 or fp32")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
@@ -47,16 +50,18 @@ class EvalConfig:
         self.validate()
 
     def validate(self) -> None:
-        from engrain.models import PRECISIONS
         from engrain.tasks import get_task
 
+        _coerce_numbers(self)
         spec = get_task(self.task)
         spec.prompt_format(self.format, self.template)
         if self.adapter is not None:
             self.shots = 0
         _at_least("shots", self.shots, 0)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise EngrainError(f"--seed must be an integer, got {self.seed!r}")
+        for name in ("seed", "sample_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise EngrainError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
         _at_least("batch_size", self.batch_size, 1)
         if self.limit is not None:
             _at_least("limit", self.limit, 1)
@@ -71,9 +76,47 @@ class EvalConfig:
             )
 
 
+def _coerce_numbers(cfg: Any) -> None:
+    """Make every numeric field a number of its type, or fail naming the key.
+
+    PyYAML reads ``1e-3`` and ``5e-2`` (no dot) as strings; a float field takes them, and ints, as floats.
+    An int field keeps non-integers as they are, for its own range check to name them.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        kinds = set(typing.get_args(hints[f.name]) or (hints[f.name],)) - {type(None)}
+        value = getattr(cfg, f.name)
+        if value is None or isinstance(value, bool) or not kinds & {int, float}:
+            continue
+        if float in kinds:
+            try:
+                setattr(cfg, f.name, float(value))
+            except (TypeError, ValueError):
+                raise EngrainError(f"--{f.name.replace('_', '-')} must be a number, got {value!r}") from None
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise EngrainError(f"--{f.name.replace('_', '-')} must be an integer, got {value!r}") from None
+            setattr(cfg, f.name, int(number) if number.is_integer() else number)
+        elif isinstance(value, float) and value.is_integer():
+            setattr(cfg, f.name, int(value))
+
+
 def _at_least(name: str, value: Any, low: int, alternative: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise EngrainError(f"--{name.replace('_', '-')} must be {alternative}an integer >= {low}, got {value!r}")
+
+
+# Options that change where and how a run is shown or stored, not what it measures.
+NOT_MEASURED = ("progress", "data_dir", "device", "out", "save")
+
+
+def config_defaults(kind: str) -> dict[str, Any]:
+    """Each option's default for a record of ``kind`` (eval or train): what an option added to engrain
+    after a record was written counts as."""
+    cls = TrainConfig if kind == "train" else EvalConfig
+    return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
@@ -120,6 +163,7 @@ class TrainConfig(EvalConfig):
     """Few-shot fine-tuning: the eval options plus how to train. Unset lr/epochs/warmup come from PRESETS."""
 
     shots: int = opt(32, "number of labelled training examples k")
+    train_data: str | None = opt(None, "what to train on: a task whose train split gives the k examples (default: --task); its labels must be --task's")
     method: str = opt("pbft", "pbft (pattern + verbaliser), head (new classification head) or distill (context distillation)")
     params: str = opt("lora", "which parameters train: full, lora, bitfit, ia3 or prefix (a KV prefix initialised from the k examples)")
     epochs: int | None = opt(None, "epochs over the k examples (preset: 40)")
@@ -148,10 +192,10 @@ class TrainConfig(EvalConfig):
     alpha: float = opt(0.0, "distill: weight of cross-entropy on the gold labels (0: pure distillation; 1: PBFT on the transfer set)")
 
     def validate(self) -> None:
-        from engrain.methods import METHODS
-        from engrain.params import PARAM_SETS
+        from engrain.tasks import get_task
 
-        if self.method not in METHODS or self.method == "icl":
+        _coerce_numbers(self)
+        if self.method not in TRAIN_METHODS:
             raise EngrainError(f"--method must be one of pbft, head, distill (icl trains nothing: use engrain eval), got {self.method!r}")
         if self.params not in PARAM_SETS:
             raise EngrainError(f"--params must be one of {', '.join(PARAM_SETS)}, got {self.params!r}")
@@ -168,6 +212,13 @@ class TrainConfig(EvalConfig):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         super().validate()
+        if self.train_data is not None:
+            source, target = get_task(self.train_data), get_task(self.task)
+            if source.labels != target.labels:
+                raise EngrainError(f"--train-data {source.name} has labels {', '.join(source.labels)}; "
+                                   f"--task {target.name} has {', '.join(target.labels)}: they must be the same")
+            if "train" not in source.splits:
+                raise EngrainError(f"--train-data {source.name} has no train split")
         _at_least("shots", self.shots, 1)
         _at_least("epochs", self.epochs, 1)
         _at_least("train_batch_size", self.train_batch_size, 1)
@@ -176,7 +227,7 @@ class TrainConfig(EvalConfig):
         _at_least("lora_r", self.lora_r, 1)
         if self.eval_sample is not None:
             _at_least("eval_sample", self.eval_sample, 1)
-        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
+        if self.lr <= 0:
             raise EngrainError(f"--lr must be > 0, got {self.lr!r}")
         if not 0 <= self.warmup_ratio <= 1:
             raise EngrainError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio!r}")
@@ -196,7 +247,7 @@ class TrainConfig(EvalConfig):
             _at_least("transfer_size", self.transfer_size, 1)
         if self.distill_loss == "topk":
             _at_least("topk", self.topk, 1)
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+        if self.temperature <= 0:
             raise EngrainError(f"--temperature must be > 0, got {self.temperature!r}")
-        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+        if not 0 <= self.alpha <= 1:
             raise EngrainError(f"--alpha must be in [0, 1], got {self.alpha!r}")

@@ -9,6 +9,7 @@ import resource
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +30,18 @@ def rss_bytes() -> int:
 @dataclass
 class Meter:
     """Times a block and records its peak memory: process RSS sampled every 5 ms on CPU, and the
-    allocator's max on CUDA. ``with Meter(device) as m: ...; m.seconds, m.peak_mb``."""
+    allocator's max on CUDA. ``with Meter(device) as m: ...; m.seconds, m.peak_mb``. Inside the block,
+    ``with m.paused(): ...`` leaves a stretch out of both (its length is ``m.paused_seconds``)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     interval: float = 0.005
     seconds: float = 0.0
     peak_bytes: int = 0
+    paused_seconds: float = 0.0
 
     def __enter__(self) -> "Meter":
-        self._stop = threading.Event()
+        self._stop, self._running = threading.Event(), threading.Event()
+        self._running.set()
         self.peak_bytes = rss_bytes()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -50,17 +54,40 @@ class Meter:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+            if self._running.is_set():
+                self.peak_bytes = max(self.peak_bytes, rss_bytes())
 
-    def __exit__(self, *exc) -> None:
+    def _peak_now(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        self.seconds = time.perf_counter() - self._t0
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+        else:
+            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+
+    @property
+    def elapsed(self) -> float:
+        """Metered seconds so far (pauses left out)."""
+        return time.perf_counter() - self._t0 - self.paused_seconds
+
+    @contextmanager
+    def paused(self):
+        self._peak_now()
+        self._running.clear()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - t
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self._running.set()
+
+    def __exit__(self, *exc) -> None:
+        self._peak_now()
+        self.seconds = self.elapsed
         self._stop.set()
         if self.device.type != "cuda":
             self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, rss_bytes())
 
     @property
     def peak_mb(self) -> float:
@@ -135,20 +162,27 @@ class FlopModel:
     layers: int
     attn_width: int  # heads x head_dim
     head_params: int  # output layer (vocab x hidden)
+    frozen_body_params: int = 0  # body parameters that get no gradient (all but the adapter's, for PEFT)
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "FlopModel":
         cfg = model.config.get_text_config()
-        emb = model.get_input_embeddings().weight.numel()
-        head = model.get_output_embeddings().weight
-        total = sum(p.numel() for p in model.parameters())
-        tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-        body = total - emb - (0 if tied else head.numel())
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        outside = {emb.data_ptr(), head.data_ptr()}  # embedding and output layer (once when tied)
+        body = [p for p in model.parameters() if p.data_ptr() not in outside]
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return cls(body, cfg.num_hidden_layers, cfg.num_attention_heads * head_dim, head.numel())
+        return cls(sum(p.numel() for p in body), cfg.num_hidden_layers, cfg.num_attention_heads * head_dim, head.numel(),
+                   sum(p.numel() for p in body if not p.requires_grad))
 
     def forward(self, tokens: int, attn_pairs: int, scored: int) -> float:
         return 2.0 * self.body_params * tokens + 4.0 * self.layers * self.attn_width * attn_pairs + 2.0 * self.head_params * scored
+
+
+def training_flops(fm: FlopModel, tokens: int, attn_pairs: int) -> float:
+    """FLOPs of training on ``tokens``: PaLM's count, 3 x forward (the forward pass, the activation
+    gradients, the weight gradients), less the weight gradients (2 x params x tokens) that frozen
+    weights never get: about 2 x forward for LoRA, IA3, prefix and BitFit, 3 x for full fine-tuning."""
+    return 3 * fm.forward(tokens, attn_pairs, 0) - 2.0 * fm.frozen_body_params * tokens
 
 
 def causal_pairs(past: int, new: int) -> int:

@@ -20,8 +20,7 @@ from typing import Callable
 import torch
 
 from engrain.errors import EngrainError, unknown
-
-PRECISIONS = ("auto", "bf16", "fp32")
+from engrain.names import PRECISIONS
 
 
 def cache_dir() -> Path:
@@ -233,11 +232,20 @@ def inference_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Modul
     """The model for evaluation in ``dtype``: a bf16 copy of fp32 training weights (on an AMX CPU
     2-2.5x faster than fp32 weights under autocast), its output layer still in fp32. fp32: the
     model itself. Training's evaluations and ``engrain eval --adapter`` both go through here, so
-    they compute the same numbers."""
+    they compute the same numbers.
+
+    Each tensor is cast straight into the copy (deepcopy's memo gets the cast tensors), so the copy
+    never holds the fp32 weights a second time: the peak is the original plus its bf16 copy.
+    """
     if dtype == torch.float32:
         return model
     head = model.get_output_embeddings()
-    copy_ = copy.deepcopy(model).to(dtype).eval()
+    memo: dict[int, torch.Tensor] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point() and id(t) not in memo:
+            cast = t.detach().to(dtype)
+            memo[id(t)] = torch.nn.Parameter(cast, requires_grad=False) if isinstance(t, torch.nn.Parameter) else cast
+    copy_ = copy.deepcopy(model, memo).eval()
     copy_.set_output_embeddings(FP32Head(head))  # the original's fp32 output weights, not the cast ones
     return copy_
 

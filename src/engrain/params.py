@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from engrain.errors import EngrainError
-
-PARAM_SETS = ("full", "lora", "bitfit", "ia3", "prefix")
+from engrain.names import PARAM_SETS
 
 
 @dataclass

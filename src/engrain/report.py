@@ -76,22 +76,53 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def summarize(records: list[dict]) -> list[dict]:
-    """One row per (model, task, method, parameter set, k) over seeds: accuracy mean ± std per
-    evaluation set, HANS per heuristic, train time, peak memory and per-query inference time."""
-    import statistics
+def _settings(record: dict) -> dict:
+    """What a run measured: its whole config but the seed and the options that do not change the
+    numbers; an option missing from an older record counts as its default."""
+    from engrain.config import NOT_MEASURED, config_defaults
+
+    c = {**config_defaults(record["kind"]), **record["config"]}
+    return {k: v for k, v in c.items() if k != "seed" and k not in NOT_MEASURED}
+
+
+def group_runs(records: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """Runs grouped by everything but the seed: [(row header, runs)], per model, task and k with ICL first.
+    Groups that share a name (model, task, method, k) get a ``differs`` entry: their values of the options
+    that tell them apart."""
+    import json
     from collections import defaultdict
 
     from engrain.results import variant
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        c = r["config"]
-        groups[(c["model"], c["task"], variant(r["kind"], r["method"], c), c["shots"])].append(r)
+        groups[json.dumps(_settings(r), sort_keys=True, default=str)].append(r)
+    named: dict[tuple, list[dict]] = defaultdict(list)
+    for rs in groups.values():
+        c = rs[0]["config"]
+        named[(c["model"], c["task"], variant(rs[0]["kind"], rs[0]["method"], c), c["shots"])].append(rs)
+    out = []
+    for (model, task, name, shots) in sorted(named, key=lambda g: (g[0], g[1], g[3], g[2] != "icl", g[2])):
+        runs = named[(model, task, name, shots)]
+        settings = [_settings(rs[0]) for rs in runs]
+        differ = sorted(k for k in settings[0] if len({json.dumps(s.get(k), default=str) for s in settings}) > 1)
+        for rs, s in sorted(zip(runs, settings), key=lambda x: [str(x[1].get(k)) for k in differ]):
+            head = {"model": model, "task": task, "method": name, "k": shots}
+            if differ:
+                head["differs"] = ", ".join(f"{k}={s.get(k)}" for k in differ)
+            out.append((head, rs))
+    return out
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per configuration (everything but the seed) over seeds: accuracy mean ± std per
+    evaluation set, HANS per heuristic, train time, peak memory and per-query inference time."""
+    import statistics
+
     rows = []
-    order = sorted(groups, key=lambda g: (g[0], g[1], g[3], g[2] != "icl", g[2]))  # per model, task, k: icl first
-    for (model, task, name, shots), rs in ((g, groups[g]) for g in order):
-        row = {"model": model, "task": task, "method": name, "k": shots, "seeds": sorted(r["config"]["seed"] for r in rs)}
+    for head, rs in group_runs(records):
+        task = head["task"]
+        row = {**head, "seeds": sorted(r["config"]["seed"] for r in rs)}
         for split in rs[0]["metrics"]:
             col = "in-domain" if split == task else split  # one column for every task's own validation set
             row[col] = _mean_std([r["metrics"][split]["accuracy"] for r in rs])

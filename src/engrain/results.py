@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 from engrain.errors import EngrainError
-from engrain.measure import git_revision, host, versions
 
 
 def model_slug(name: str) -> str:
@@ -37,16 +36,20 @@ def variant(kind: str, method: str, config: dict) -> str:
 def run_name(kind: str, method: str, cfg) -> str:
     """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
     name = f"{cfg.task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
+    if getattr(cfg, "train_data", None) and cfg.train_data != cfg.task:
+        name += f"-from-{cfg.train_data}"
     if getattr(cfg, "adapter", None):
         name += f"-{Path(cfg.adapter).name}"
     if getattr(cfg, "limit", None):
         name += f"-n{cfg.limit}"
     if getattr(cfg, "sample", None):
-        name += f"-sample{cfg.sample}"
+        name += f"-sample{cfg.sample}" + (f"-ss{cfg.sample_seed}" if getattr(cfg, "sample_seed", 0) else "")
     return f"{kind}-{name}"
 
 
 def base_record(kind: str, method: str, cfg, lm) -> dict:
+    from engrain.measure import git_revision, host, versions
+
     n_params = sum(p.numel() for p in lm.model.parameters())
     return {
         "name": run_name(kind, method, cfg),

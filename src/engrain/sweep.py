@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from engrain.config import EvalConfig, TrainConfig, from_dict, load_yaml
+from engrain.config import NOT_MEASURED, EvalConfig, TrainConfig, from_dict, load_yaml
 from engrain.errors import EngrainError
 from engrain.results import run_name
 
@@ -41,9 +41,7 @@ def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
             opts = {**base, **dict(zip(keys, combo)), **entry, "out": str(out)}
             opts = {k.replace("-", "_"): v for k, v in opts.items()}
             if opts.get("method", "icl") == "icl":
-                opts.pop("method", None)
-                names = {f.name for f in dataclasses.fields(EvalConfig)}
-                cfg = from_dict(EvalConfig, {k: v for k, v in opts.items() if k in names}, where=str(path))
+                cfg = _icl_config(path, entry, opts)
                 planned.append((run_name("eval", "icl", cfg), cfg))
             else:
                 cfg = from_dict(TrainConfig, opts, where=str(path))
@@ -63,17 +61,28 @@ def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
     return out, list(seen.items()), [Path(f) for f in reuse]
 
 
-# Options that change where and how a run is shown or stored, not what it measures.
-NOT_MEASURED = ("progress", "data_dir", "device", "out", "save")
+TRAIN_ONLY = {f.name for f in dataclasses.fields(TrainConfig)} - {f.name for f in dataclasses.fields(EvalConfig)}
+
+
+def _icl_config(path, entry: dict, opts: dict) -> EvalConfig:
+    """An icl entry is an evaluation: training options shared through base or grid are dropped (they are
+    for the training entries), but one written in the entry itself is a mistake, as is an unknown key."""
+    own = sorted(k.replace("-", "_") for k in entry if k.replace("-", "_") in TRAIN_ONLY - {"method"})
+    if own:
+        raise EngrainError(f"{path}: {own[0]!r} is a training option; an icl entry (engrain eval) trains nothing")
+    return from_dict(EvalConfig, {k: v for k, v in opts.items() if k not in TRAIN_ONLY}, where=str(path))
 
 
 def differences(a, b, ignore=NOT_MEASURED) -> list[str]:
     """The options in which config ``b`` differs from ``a`` (a config or a recorded config dict).
-    An option missing from a record (added to engrain after it was written) counts as its default."""
+    An option missing from a record (added to engrain after it was written) counts as its default,
+    except ``sample_seed``: before it existed the evaluation sample was drawn with the run's seed."""
     if not isinstance(a, dict) and type(a) is not type(b):
         return ["the kind of run"]
     defaults = {f.name: f.default for f in dataclasses.fields(b)}
     da = a if isinstance(a, dict) else dataclasses.asdict(a)
+    if "sample_seed" not in da:
+        da = {**da, "sample_seed": da.get("seed", 0)}
     return sorted(k for k, v in dataclasses.asdict(b).items() if k not in ignore and da.get(k, defaults[k]) != v)
 
 
@@ -101,7 +110,7 @@ def reusable(name: str, cfg, folders: list[Path]) -> Path | None:
 
 
 def run_one(cfg) -> None:
-    from engrain.evaluate import evaluate
+    from engrain.evaluation import evaluate
     from engrain.train import train
 
     (train if isinstance(cfg, TrainConfig) else evaluate)(cfg)

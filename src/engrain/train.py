@@ -1,260 +1,365 @@
-"""Few-shot fine-tuning on Accelerate: `accelerate launch` runs this same code on several processes.
+"""Fine-tuning on Accelerate: `accelerate launch` runs this same code on several processes.
+
+A run is a short sequence of phases (litgpt/torchtune style): prepare the data, model and prompts;
+let the method build its training items (a distillation teacher runs here, before any adapter);
+attach the trainable parameters; make the optimiser and loader; fit, with evaluation points that
+are timed apart from training; evaluate the full sets; write the record and what was trained.
 
 fp32 master weights for the trainable parameters, bf16 autocast where the hardware has it; AdamW,
 linear warmup then linear decay (or constant), clipping, accumulation; batches padded to their own
-longest member. In-domain and out-of-domain accuracy every epoch (on a seeded stratified sample)
-and on the full sets at the end; the whole curve goes into the run record.
+longest member.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from engrain import models
 from engrain.config import TrainConfig
 from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
 from engrain.errors import EngrainError
-from engrain.evaluate import check_fits, encode_context, eval_sets, pad, padding_side, score_sets
-from engrain.measure import FlopModel, Meter, causal_pairs
-from engrain.methods import build_method
-from engrain.methods.distill import teacher_outputs
+from engrain.evaluation import check_fits, eval_sets, score_sets
+from engrain.forward import encode_context, padding_side
+from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
+from engrain.methods import Method, build_method, collate
 from engrain.params import ParamSpec, apply_params, trainable_summary
-from engrain.tasks import get_task, load_split
+from engrain.tasks import TaskSpec, get_task, load_split
 
 
-def collate(items: list[tuple[list[int], int, int]], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
-    """(ids, label, index) items -> a batch padded on ``side`` (the model's evaluate.padding_side)."""
-    ids, mask = pad([x for x, _, _ in items], pad_id, side)
-    return {"input_ids": ids, "attention_mask": mask,
-            "labels": torch.tensor([y for _, y, _ in items]), "index": torch.tensor([i for _, _, i in items])}
+@dataclass
+class Run:
+    """What one training run is about, fixed before anything trains: the config, the evaluated task and
+    its sets, the training data and its k examples, the model (fp32 master weights) and its prompts."""
 
+    cfg: TrainConfig
+    spec: TaskSpec  # evaluated (with its out-of-domain partners)
+    train_spec: TaskSpec  # trained on (cfg.train_data, default the task itself)
+    sets: list  # [(spec, examples, label map)] evaluation sets
+    exclude: set  # keys of every evaluation example: never trained on
+    shots: list  # the k training examples
+    acc: object  # accelerate.Accelerator
+    lm: models.LoadedModel
+    compute: torch.dtype  # what the matmuls run in (autocast)
+    prompter: Prompter  # training prompts (train_spec's format)
+    eval_prompter: Prompter  # evaluation prompts (spec's format)
 
-def transfer_set(cfg: TrainConfig, spec, shots: list, exclude: set) -> list:
-    """Distillation inputs: the k demonstrations, or a seeded sample of the rest of the train split
-    (never the demonstrations, never evaluation data). Their labels only matter when alpha > 0."""
-    if cfg.transfer == "shots":
-        return list(shots)
-    used = exclude | {example_key(spec, ex) for ex in shots}
-    pool = [ex for ex in load_split(spec, "train", cfg.data_dir) if example_key(spec, ex) not in used]
-    if not pool:
-        raise EngrainError(f"the transfer set is empty: no {spec.name} train examples beyond the demonstrations; use --transfer shots")
-    return random.Random(cfg.seed + 1).sample(pool, min(cfg.transfer_size, len(pool)))
+    @property
+    def as_icl(self) -> bool:
+        """A prefix student starts as the ICL prompt: its KV prefix holds the context (BOS included), so
+        its queries are the ICL queries (with the separator)."""
+        return self.cfg.params == "prefix"
 
+    @property
+    def virtual_tokens(self) -> int:
+        """KV prefix positions before every student input (prefix students), else 0."""
+        return (self.cfg.prefix_tokens or len(self.context_ids)) if self.as_icl else 0
 
-def build_optimizer(params, cfg: TrainConfig, total_steps: int):
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+    @cached_property
+    def bos(self) -> list[int]:
+        """What precedes each student input that has no KV prefix: the tokenizer's BOS, if it adds one."""
+        return [] if self.as_icl else self.prompter.context_ids([])
 
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = int(cfg.warmup_ratio * total_steps)
-    if cfg.schedule == "linear":
-        return opt, get_linear_schedule_with_warmup(opt, warmup, total_steps)
-    return opt, get_constant_schedule_with_warmup(opt, warmup)
+    @cached_property
+    def context_ids(self) -> list[int]:
+        """The k examples as ICL demonstrations: the distillation teacher's context, the prefix's initialisation."""
+        return self.prompter.context_ids(self.shots)
+
+    @cached_property
+    def context_cache(self):
+        """The context's KV cache on the base model, computed once (before any adapter is attached)."""
+        with self.autocast():
+            return encode_context(self.lm.model, self.context_ids)
+
+    @cached_property
+    def verbalizer_ids(self) -> list[int]:
+        return self.prompter.verbalizer_ids()
+
+    def autocast(self):
+        # bf16 compute is plain torch autocast rather than Accelerate's mixed_precision, whose process-wide
+        # state cannot change between two runs in one process (a sweep mixing precisions, the Python API).
+        return torch.autocast(self.acc.device.type, dtype=self.compute, enabled=self.compute != torch.float32)
+
+    def labelled_items(self, examples: list) -> list[dict]:
+        """Classification items: each example's prompt as the student reads it, and its gold label."""
+        ids = self.prompter.query_ids(examples, with_context=self.as_icl)
+        return [{"input_ids": self.bos + q, "label": ex["label"]} for q, ex in zip(ids, examples)]
+
+    def eval_queries(self, sets) -> dict[str, list[list[int]]]:
+        return {s.name: self.eval_prompter.query_ids(exs, with_context=self.as_icl) for s, exs, _ in sets}
+
+    def check_fits(self, before: int, seqs) -> None:
+        check_fits(before, seqs, self.lm.max_length)
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Fine-tune on k examples, evaluate per epoch and at the end, save the adapter and the record."""
+    """Fine-tune, evaluate per epoch and at the end, save what was trained and the record."""
     return train_model(cfg)[0]
 
 
 def train_model(cfg: TrainConfig):
     """As :func:`train`, also returning the trained model and classification head (or None)."""
+    cfg.validate()
+    run = prepare(cfg)
+    method = build_method(cfg.method, run)
+    run.check_fits(run.virtual_tokens, [it["input_ids"] for it in method.items])
+    loop = make_loop(run, method, attach_params(run))
+    curve, measure = fit(run, loop)
+    final = evaluation_point(run, loop, run.sets, full=True)
+    record = make_record(run, method, loop, curve, final, measure)
+    if run.acc.is_main_process and cfg.out:
+        save_outputs(run, loop, record)
+    run.acc.wait_for_everyone()
+    return record, run.acc.unwrap_model(loop.model), (run.acc.unwrap_model(loop.head) if loop.head else None)
+
+
+# ---------------------------------------------------------------------------- phases
+
+
+def prepare(cfg: TrainConfig) -> Run:
+    """Data first (cheap, and bad files fail before the model loads), then the model and the prompts;
+    refuses, before any compute, what cannot fit the model's window."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from engrain.models import inference_copy, load_model, resolve_device, resolve_dtype
-    from engrain.results import base_record, write_record
-
-    cfg.validate()
     spec = get_task(cfg.task)
-    fmt = spec.prompt_format(cfg.format, cfg.template)
+    train_spec = get_task(cfg.train_data or cfg.task)
     sets = eval_sets(spec, cfg)
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
-    shots = sample_few_shot(spec, load_split(spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
+    shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
 
-    compute = resolve_dtype(cfg.precision, resolve_device(cfg.device))
-    acc = Accelerator(
-        gradient_accumulation_steps=cfg.grad_accum,
-        cpu=cfg.device == "cpu",
-    )
+    compute = models.resolve_dtype(cfg.precision, models.resolve_device(cfg.device))
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu")
     set_seed(cfg.seed)
-    lm = load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
-    lm.dtype = compute  # what the matmuls run in (autocast), for MFU
-    # bf16 compute is plain torch autocast rather than Accelerate's mixed_precision, whose process-wide
-    # state cannot change between two runs in one process (a sweep mixing precisions, the Python API).
-    autocast = lambda: torch.autocast(acc.device.type, dtype=compute, enabled=compute != torch.float32)  # noqa: E731
-    prompter = Prompter(spec, fmt, lm.tokenizer)
-    verb = prompter.verbalizer_ids()
-    ctx = prompter.context_ids(shots)  # the k examples as ICL demonstrations (teacher context, prefix init)
-    # A prefix student starts as the ICL prompt: its KV prefix holds the context (BOS included), or the
-    # context's first --prefix-tokens tokens, so its queries are the ICL queries (with the separator).
-    as_icl = cfg.params == "prefix"
-    if cfg.prefix_tokens > len(ctx):
-        raise EngrainError(f"--prefix-tokens {cfg.prefix_tokens} is more than the {len(ctx)} tokens of the {len(shots)} demonstrations")
-    prefix, prefix_tokens = ([], cfg.prefix_tokens or len(ctx)) if as_icl else (prompter.context_ids([]), 0)
-    queries = {s.name: prompter.query_ids(exs, with_context=as_icl) for s, exs, _ in sets}
-    inputs = transfer_set(cfg, spec, shots, exclude) if cfg.method == "distill" else shots
-    train_ids = [prefix + q for q in prompter.query_ids(inputs, with_context=as_icl)]
-    teacher_queries = prompter.query_ids(inputs, with_context=True) if cfg.method == "distill" else []
-    check_fits(ctx, {"train": train_ids, "teacher": teacher_queries, **queries}, lm.max_length)
+    lm = models.load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
+    lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
+    run = Run(cfg, spec, train_spec, sets, exclude, shots, acc, lm, compute,
+              Prompter(train_spec, train_spec.prompt_format(cfg.format, cfg.template), lm.tokenizer),
+              Prompter(spec, spec.prompt_format(cfg.format, cfg.template), lm.tokenizer))
+    if cfg.prefix_tokens > len(run.context_ids):
+        raise EngrainError(f"--prefix-tokens {cfg.prefix_tokens} is more than the {len(run.context_ids)} tokens of the {len(shots)} demonstrations")
+    run.check_fits(run.virtual_tokens + len(run.bos), [q for qs in run.eval_queries(sets).values() for q in qs])
+    return run
 
-    record_extra: dict = {}
-    cache = None
-    if cfg.method == "distill" or as_icl:
-        with Meter(lm.device) as m_teacher, autocast():
-            cache = encode_context(lm.model, ctx)
-            teacher = None
-            if cfg.method == "distill":  # computed once, before any adapter exists: never a second model copy
-                topk = cfg.topk if cfg.distill_loss == "topk" else 0
-                teacher = teacher_outputs(lm.model, ctx, teacher_queries, verb, cfg.batch_size, lm.tokenizer.pad_token_id, cache, topk)
-        if cfg.method == "distill":
-            record_extra["teacher"] = {"seconds": m_teacher.seconds, "peak_memory_mb": m_teacher.peak_mb, "context_tokens": len(ctx),
-                                       "transfer_examples": len(inputs), "transfer_tokens": sum(map(len, teacher_queries))}
 
+def attach_params(run: Run) -> torch.nn.Module:
+    """Make the chosen parameters trainable; a prefix starts from the context's KV cache."""
+    cfg = run.cfg
     targets = tuple(t.strip() for t in cfg.target_modules.split(",")) if cfg.target_modules else None
-    model = apply_params(lm.model, ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, cfg.prefix_tokens), cache, len(ctx))
-    lm.model = model  # evaluation runs the adapted model (a prefix lives in the peft wrapper)
-    method = build_method(cfg.method, verb, model.config.get_text_config().hidden_size, len(spec.labels),
-                          full_vocab_loss=cfg.full_vocab_loss, teacher=teacher if cfg.method == "distill" else None,
-                          distill_loss=cfg.distill_loss, kl=cfg.kl, temperature=cfg.temperature, alpha=cfg.alpha)
-    head = method.head
+    spec = ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, cfg.prefix_tokens)
+    cache = run.context_cache if run.as_icl else None
+    run.lm.model = apply_params(run.lm.model, spec, cache, len(run.context_ids))  # evaluation runs the adapted model
+    return run.lm.model
+
+
+@dataclass
+class Loop:
+    """The training loop's state: the (accelerate-prepared) model, head, optimiser, schedule and loader."""
+
+    method: Method
+    model: torch.nn.Module
+    head: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: object
+    loader: object
+    trainable: list
+    total_steps: int
+    flops: FlopModel
+    summary: dict
+    losses: list = field(default_factory=list)
+    tokens_seen: int = 0
+    step: int = 0
+
+
+def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
+    from transformers import get_scheduler
+
+    cfg, acc, head = run.cfg, run.acc, method.head
     trainable = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     summary = trainable_summary(model, head)
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    pad_id, side = lm.tokenizer.pad_token_id, padding_side(model)
-    items = [(ids, ex["label"], i) for i, (ids, ex) in enumerate(zip(train_ids, inputs))]
-    loader = torch.utils.data.DataLoader(items, batch_size=cfg.train_batch_size, shuffle=True, generator=g,
+    pad_id, side = run.lm.tokenizer.pad_token_id, padding_side(model)
+    loader = torch.utils.data.DataLoader(method.items, batch_size=cfg.train_batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(cfg.seed),
                                          collate_fn=lambda b: collate(b, pad_id, side))
-    steps_per_epoch = -(-len(loader) // cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    opt, sched = build_optimizer(trainable, cfg, total_steps)
+    total_steps = -(-len(loader) // cfg.grad_accum) * cfg.epochs
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_scheduler("linear" if cfg.schedule == "linear" else "constant_with_warmup", opt,
+                          num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+    flops = FlopModel.of(model)
     if head is not None:
         model, head, opt, loader, sched = acc.prepare(model, head, opt, loader, sched)
         method.head = head
     else:
         model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    return Loop(method, model, head, opt, sched, loader, trainable, total_steps, flops, summary)
 
-    sample_sets = [(s, stratified_sample(s, exs, cfg.eval_sample, cfg.seed), m) for s, exs, m in sets]
-    record = base_record("train", cfg.method, cfg, lm)
-    record["trainable_parameters"] = summary
-    record.update(record_extra)
-    record["train_examples"] = [{"line": ex["line"], "label": spec.labels[ex["label"]]} for ex in shots]
-    curve, losses, tokens_seen, step = [], [], 0, 0
-    fm = FlopModel.of(lm.model)
 
-    def evaluate_now(which, full: bool) -> dict:
-        model.eval()
-        qs = {s.name: prompter.query_ids(exs, with_context=as_icl) for s, exs, _ in which}
-        m, meas = score_sets(lm, spec, which, prefix, qs, verb, cfg, head=acc.unwrap_model(head) if head else None,
-                             progress=cfg.progress and full, prefix_tokens=prefix_tokens,
-                             model=inference_copy(acc.unwrap_model(model), compute))
-        model.train()
-        return {"metrics": m, "measure": meas}
-
-    def point(epoch: int) -> dict:
-        """A point of the curve: mean training loss since the previous point, then an evaluation."""
-        mean_loss = sum(losses) / len(losses)
-        losses.clear()
-        return {"epoch": epoch, "step": step, "loss": mean_loss, **evaluate_now(sample_sets, False)}
-
-    bar = _bar(cfg.progress and acc.is_main_process, total_steps)
-    model.train()
-    t0 = time.perf_counter()
-    with Meter(lm.device) as m_train:
+def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
+    """Train for cfg.epochs; a point of the curve (mean loss, then an evaluation on the per-epoch
+    sample) every epoch or every cfg.eval_every steps. The meter is paused during evaluation points,
+    so training's seconds and peak memory are training's alone."""
+    cfg, acc = run.cfg, run.acc
+    sample = per_epoch_sets(run.sets, cfg)
+    curve: list[dict] = []
+    bar = _bar(cfg.progress and acc.is_main_process, loop.total_steps)
+    loop.model.train()
+    with Meter(run.lm.device) as meter:
         for epoch in range(1, cfg.epochs + 1):
-            for batch in loader:
-                with acc.accumulate(model):
-                    with autocast():
-                        loss = method.loss(model, batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        if cfg.max_grad_norm:
-                            acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad()
-                tokens_seen += int(batch["attention_mask"].sum()) * acc.num_processes
-                losses.append(loss.item())
+            for batch in loop.loader:
+                train_step(run, loop, batch)
                 if acc.sync_gradients:
-                    step += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch, tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}")
-                    if cfg.eval_every and step % cfg.eval_every == 0:
-                        curve.append(point(epoch))
+                    bar.set_postfix(loss=f"{loop.losses[-1]:.3f}", epoch=epoch, tok_s=f"{loop.tokens_seen / max(meter.elapsed, 1e-9):.0f}")
+                    if cfg.eval_every and loop.step % cfg.eval_every == 0:
+                        with meter.paused():
+                            curve.append(curve_point(run, loop, sample, epoch))
             if not cfg.eval_every:
-                curve.append(point(epoch))
+                with meter.paused():
+                    curve.append(curve_point(run, loop, sample, epoch))
     bar.close()
-    eval_seconds = sum(sum(v["seconds"] for k, v in c["measure"].items() if isinstance(v, dict)) for c in curve)
-    final = evaluate_now(sets, True)
+    return curve, meter
 
-    train_seconds = m_train.seconds - eval_seconds
-    # training FLOPs ~ 3x forward (forward + backward) over the tokens seen
-    fl = 3 * fm.forward(tokens_seen, sum(causal_pairs(prefix_tokens, len(x)) for x in train_ids) * cfg.epochs, 0)
+
+def train_step(run: Run, loop: Loop, batch: dict) -> None:
+    acc = run.acc
+    with acc.accumulate(loop.model):
+        with run.autocast():
+            loss = loop.method.loss(loop.model, batch)
+        acc.backward(loss)
+        if acc.sync_gradients and run.cfg.max_grad_norm:
+            acc.clip_grad_norm_(loop.trainable, run.cfg.max_grad_norm)
+        loop.opt.step()
+        loop.sched.step()
+        loop.opt.zero_grad()
+    loop.tokens_seen += int(batch["attention_mask"].sum()) * acc.num_processes
+    loop.losses.append(loss.item())
+    if acc.sync_gradients:
+        loop.step += 1
+
+
+def per_epoch_sets(sets, cfg: TrainConfig):
+    """The per-epoch evaluation sample: drawn with the fixed sample seed, the same for every training seed."""
+    return [(s, stratified_sample(s, exs, cfg.eval_sample, cfg.sample_seed), m) for s, exs, m in sets]
+
+
+def curve_point(run: Run, loop: Loop, sets, epoch: int) -> dict:
+    """Mean training loss since the previous point, then an evaluation on the per-epoch sample."""
+    mean_loss = sum(loop.losses) / len(loop.losses)
+    loop.losses.clear()
+    return {"epoch": epoch, "step": loop.step, "loss": mean_loss, **evaluation_point(run, loop, sets, full=False)}
+
+
+def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
+    """Score ``sets`` with an inference copy of the model in the compute dtype (as `engrain eval --adapter` does)."""
+    acc, unwrap = run.acc, run.acc.unwrap_model
+    loop.model.eval()
+    scoring = models.inference_copy(unwrap(loop.model), run.compute)
+    metrics, measure = score_sets(run.lm, run.spec, sets, run.bos, run.eval_queries(sets), run.eval_prompter.verbalizer_ids(),
+                                  run.cfg, head=unwrap(loop.head) if loop.head else None, progress=run.cfg.progress and full,
+                                  prefix_tokens=run.virtual_tokens, model=scoring)
+    del scoring
+    loop.model.train()
+    return {"metrics": metrics, "measure": measure}
+
+
+def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, meter: Meter) -> dict:
+    from engrain.results import base_record
+
+    cfg = run.cfg
+    record = base_record("train", cfg.method, cfg, run.lm)
+    record["trainable_parameters"] = loop.summary
+    record.update(method.record)
+    record["train_examples"] = [{"line": ex["line"], "label": run.train_spec.labels[ex["label"]]} for ex in run.shots]
+    pairs = sum(causal_pairs(run.virtual_tokens, len(it["input_ids"])) for it in method.items) * cfg.epochs
+    flops = training_flops(loop.flops, loop.tokens_seen, pairs)
     record["curve"] = curve
     record["metrics"] = final["metrics"]
     record["measure"] = {
         **final["measure"],
         "train": {
-            "seconds": train_seconds,
-            "steps": step,
-            "tokens": tokens_seen,
-            "tokens_per_s": tokens_seen / train_seconds,
-            "peak_memory_mb": m_train.peak_mb,
-            "mfu": fl / (final["measure"]["matmul_peak_tflops"] * 1e12 * train_seconds),
-            "per_epoch_eval_seconds": eval_seconds,
+            "seconds": meter.seconds,
+            "steps": loop.step,
+            "tokens": loop.tokens_seen,
+            "tokens_per_s": loop.tokens_seen / meter.seconds,
+            "peak_memory_mb": meter.peak_mb,
+            "flops": flops,
+            "mfu": flops / (final["measure"]["matmul_peak_tflops"] * 1e12 * meter.seconds),
+            "per_epoch_eval_seconds": meter.paused_seconds,
         },
     }
-    if acc.is_main_process and cfg.out:
-        out = Path(cfg.out)
-        if cfg.save:
-            adapter = save_adapter(acc.unwrap_model(model), acc.unwrap_model(head) if head else None, cfg, lm, out / record["name"], prefix_tokens)
-            record["adapter"] = {"path": str(adapter), "bytes": sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())}
-        record["path"] = str(write_record(record, out))
-    acc.wait_for_everyone()
-    return record, acc.unwrap_model(model), (acc.unwrap_model(head) if head else None)
+    return record
+
+
+def save_outputs(run: Run, loop: Loop, record: dict) -> None:
+    from engrain.results import write_record
+
+    out, unwrap = Path(run.cfg.out), run.acc.unwrap_model
+    if run.cfg.save:
+        adapter = save_adapter(unwrap(loop.model), unwrap(loop.head) if loop.head else None, run.cfg, run.lm,
+                               out / record["name"], run.virtual_tokens)
+        record["adapter"] = {"path": str(adapter), "bytes": sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())}
+    record["path"] = str(write_record(record, out))
 
 
 def save_adapter(model, head, cfg: TrainConfig, lm, target: Path, prefix_tokens: int = 0) -> Path:
-    """Write what was trained to ``target`` atomically (temp folder + rename).
+    """Write what was trained to ``target``: built in a temporary folder, then swapped in by renames, so
+    an interruption leaves the previous adapter (if any) or the new one, never neither.
 
-    lora/ia3: a peft adapter folder (``PeftModel.from_pretrained`` loads it); bitfit: the biases as
-    safetensors; full: the whole model + tokenizer; head: ``head.safetensors``. ``engrain.json``
+    lora/ia3/prefix: a peft adapter folder (``PeftModel.from_pretrained`` loads it); bitfit: the biases
+    as safetensors; full: the whole model + tokenizer; head: ``head.safetensors``. ``engrain.json``
     says how to rebuild the model for ``engrain eval --adapter``.
     """
     from safetensors.torch import save_file
 
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp, old = (target.with_name(f".{target.name}.{tag}{os.getpid()}") for tag in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if cfg.params in ("lora", "ia3", "prefix"):
-        model.save_pretrained(tmp)
-    elif cfg.params == "bitfit":
-        biases = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(biases, str(tmp / "bitfit.safetensors"))
-    else:
-        model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
-    if head is not None:
-        save_file({"weight": head.weight.detach().float().contiguous()}, str(tmp / "head.safetensors"))
-    meta = {"engrain_adapter": 1, "method": cfg.method, "params": cfg.params, "base_model": cfg.model,
-            "task": cfg.task, "format": cfg.format, "template": cfg.template,
-            # a prefix adapter holds the demonstrations' KV (BOS included): queries follow it as in ICL
-            "prefix_tokens": prefix_tokens}
-    (tmp / "engrain.json").write_text(json.dumps(meta, indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    try:
+        if cfg.params in ("lora", "ia3", "prefix"):
+            model.save_pretrained(tmp)
+        elif cfg.params == "bitfit":
+            biases = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(biases, str(tmp / "bitfit.safetensors"))
+        else:
+            model.save_pretrained(tmp)
+            lm.tokenizer.save_pretrained(tmp)
+        if head is not None:
+            save_file({"weight": head.weight.detach().float().contiguous()}, str(tmp / "head.safetensors"))
+        meta = {"engrain_adapter": 1, "method": cfg.method, "params": cfg.params, "base_model": cfg.model,
+                "task": cfg.task, "train_data": cfg.train_data or cfg.task, "format": cfg.format, "template": cfg.template,
+                # a prefix adapter holds the demonstrations' KV (BOS included): queries follow it as in ICL
+                "prefix_tokens": prefix_tokens}
+        (tmp / "engrain.json").write_text(json.dumps(meta, indent=2))
+        _swap_in(tmp, target, old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _swap_in(new: Path, target: Path, old: Path) -> None:
+    """Replace the folder ``target`` by ``new``: the old one is renamed aside first and restored if the
+    second rename fails (a folder cannot be renamed over a non-empty one in one step)."""
+    had_old = target.exists()
+    if had_old:
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if had_old:
+            os.replace(old, target)
+        raise
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _bar(enabled: bool, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
-

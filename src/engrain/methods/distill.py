@@ -2,21 +2,25 @@
 learns to match the frozen teacher WITH it: minimise KL(p0(y | C, x) || p_theta(y | x)).
 
 The teacher is the base model with the k demonstrations as context, exactly the ICL prompt. Its
-outputs for the whole transfer set are computed once before training (the context's KV cache once,
-then batched queries, last position only) and kept here, so training never runs the teacher again;
-with adapter students the teacher ran on the same base weights before the adapter existed, so
-there is never a second copy of the model.
+outputs for the whole transfer set are computed once, in ``build``, before any adapter exists (the
+context's KV cache once, then batched queries, last position only), and kept here, so training
+never runs the teacher again and there is never a second copy of the model.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from engrain.evaluate import last_outputs
-from engrain.methods import forward_last
+from engrain.data import example_key
+from engrain.errors import EngrainError
+from engrain.forward import last_outputs
+from engrain.measure import Meter
+from engrain.methods.base import forward_last, indexed
+from engrain.tasks import load_split
 
 
 @dataclass
@@ -41,10 +45,22 @@ def teacher_outputs(model, context_ids, queries, verbalizer_ids, batch_size: int
     return out
 
 
+def transfer_set(cfg, spec, shots: list, exclude: set) -> list:
+    """Distillation inputs: the k demonstrations, or a seeded sample of the rest of the train split
+    (never the demonstrations, never evaluation data). Their labels only matter when alpha > 0."""
+    if cfg.transfer == "shots":
+        return list(shots)
+    used = exclude | {example_key(spec, ex) for ex in shots}
+    pool = [ex for ex in load_split(spec, "train", cfg.data_dir) if example_key(spec, ex) not in used]
+    if not pool:
+        raise EngrainError(f"the transfer set is empty: no {spec.name} train examples beyond the demonstrations; use --transfer shots")
+    return random.Random(cfg.seed + 1).sample(pool, min(cfg.transfer_size, len(pool)))
+
+
 def kl_divergence(teacher_logp: torch.Tensor, student_logp: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """Mean over the batch of KL(teacher || student), or KL(student || teacher) when ``reverse``; (B, C) inputs."""
+    """Mean over the batch of KL(teacher || student), or KL(student || teacher) when ``reverse``; (B, C) log-probs."""
     p, q = (student_logp, teacher_logp) if reverse else (teacher_logp, student_logp)
-    return (p.exp() * (p - q)).sum(-1).mean()
+    return F.kl_div(q, p, log_target=True, reduction="batchmean")  # torch's kl_div(input, target) is KL(target || input)
 
 
 class Distill:
@@ -52,9 +68,26 @@ class Distill:
     head = None
 
     def __init__(self, verbalizer_ids: list[int], teacher: TeacherOutputs, loss: str = "verbalizer", kl: str = "forward",
-                 temperature: float = 1.0, alpha: float = 0.0):
+                 temperature: float = 1.0, alpha: float = 0.0, items: list[dict] | None = None):
         self.verbalizer_ids, self.teacher = list(verbalizer_ids), teacher
         self.kind, self.reverse, self.t, self.alpha = loss, kl == "reverse", float(temperature), float(alpha)
+        self.items, self.record = indexed(items or []), {}
+
+    @classmethod
+    def build(cls, run) -> "Distill":
+        """The transfer set, and the teacher's outputs on it: the base model with the demonstrations as
+        context (refused before any compute when a query after the context does not fit the window)."""
+        cfg = run.cfg
+        inputs = transfer_set(cfg, run.train_spec, run.shots, run.exclude)
+        queries = run.prompter.query_ids(inputs, with_context=True)
+        run.check_fits(len(run.context_ids), queries)
+        with Meter(run.lm.device) as m, run.autocast():
+            teacher = teacher_outputs(run.lm.model, run.context_ids, queries, run.verbalizer_ids, cfg.batch_size,
+                                      run.lm.tokenizer.pad_token_id, run.context_cache, cfg.topk if cfg.distill_loss == "topk" else 0)
+        method = cls(run.verbalizer_ids, teacher, cfg.distill_loss, cfg.kl, cfg.temperature, cfg.alpha, run.labelled_items(inputs))
+        method.record["teacher"] = {"seconds": m.seconds, "peak_memory_mb": m.peak_mb, "context_tokens": len(run.context_ids),
+                                    "transfer_examples": len(inputs), "transfer_tokens": sum(map(len, queries))}
+        return method
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = forward_last(model, batch)[0].float()  # (B, V)

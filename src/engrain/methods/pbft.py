@@ -6,16 +6,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engrain.methods import forward_last
+from engrain.methods.base import forward_last, indexed
 
 
 class PBFT:
     name = "pbft"
     head = None
 
-    def __init__(self, verbalizer_ids: list[int], full_vocab: bool = False):
-        self.verbalizer_ids = list(verbalizer_ids)
+    def __init__(self, verbalizer_ids: list[int], items: list[dict], full_vocab: bool = False):
+        self.verbalizer_ids, self.items, self.record = list(verbalizer_ids), indexed(items), {}
         self.full_vocab = full_vocab  # cross-entropy over the whole vocabulary instead of the verbalisers
+
+    @classmethod
+    def build(cls, run) -> "PBFT":
+        return cls(run.verbalizer_ids, run.labelled_items(run.shots), run.cfg.full_vocab_loss)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = forward_last(model, batch)[0].float()  # (B, V)

@@ -8,7 +8,6 @@ position gets logits (``logits_to_keep``), and batches are padded to their own l
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Sequence
@@ -18,126 +17,11 @@ import torch
 from engrain.config import EvalConfig
 from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
 from engrain.errors import EngrainError
+from engrain.forward import encode_context, last_outputs
 from engrain.measure import FlopModel, Meter, causal_pairs, matmul_peak
-from engrain.tasks import Example, TaskSpec, get_task, load_split
-
-# ---------------------------------------------------------------------------- batching
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), so padding stays small."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def padding_side(model: torch.nn.Module) -> str:
-    """Where a model's batches get their padding.
-
-    Left by default: every prompt then ends at the last position, the only one that needs logits.
-    Right for models with sliding-window attention (Gemma 3, Mistral): after a cached context (or a
-    KV prefix) left padding leaves a gap of pads before each query, and a sliding-window layer counts
-    those slots against its window, so it would stop seeing context tokens it should see. Right
-    padding costs a few more logit rows per batch (one per distinct prompt length).
-    """
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return "right" if getattr(cfg, "sliding_window", None) else "left"
-
-
-def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids and mask, padded on ``side`` to the longest sequence."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        span = slice(width - len(s), width) if side == "left" else slice(0, len(s))
-        ids[i, span] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
-def positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """Position ids (B, T) of a padded batch that follows ``offset`` cached positions."""
-    return (mask.cumsum(-1) - 1).clamp(min=0) + offset
-
-
-def last_token_outputs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, past=None, n_past: int = 0,
-                       hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (B, V) and, with ``hidden``, final hidden states (B, H) at each row's last real token.
-
-    ``ids``/``mask`` are a padded batch (either side) running after ``n_past`` cached positions
-    (``past``; a peft prefix adapter adds its own). Only the rows' distinct last positions get
-    logits (``logits_to_keep`` as indices): one position when left-padded, never (B, T, V).
-    """
-    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # (B,) each row's last real token
-    keep, col = torch.unique(last, return_inverse=True)
-    full_mask = mask
-    if n_past:
-        full_mask = torch.cat([torch.ones(len(ids), n_past, dtype=mask.dtype, device=mask.device), mask], dim=1)
-    out = model(input_ids=ids, attention_mask=full_mask, position_ids=positions(mask, n_past), past_key_values=past,
-                use_cache=past is not None, logits_to_keep=keep, output_hidden_states=hidden)
-    rows = torch.arange(len(ids), device=ids.device)
-    logits = out.logits[rows, col]  # (B, V)
-    return logits, out.hidden_states[-1][rows, last] if hidden else None
-
+from engrain.tasks import TASKS, Example, TaskSpec, get_task, load_split
 
 # ---------------------------------------------------------------------------- scoring
-
-
-@torch.no_grad()
-def encode_context(model: torch.nn.Module, context_ids: Sequence[int]):
-    """KV cache of the context (batch 1), or None for an empty context.
-
-    Every layer keeps every position: a sliding-window layer still masks by its window (the model
-    applies it from its config), but its cache is not trimmed, so the cache can also initialise a
-    KV prefix of any length (the Cartridges initialisation)."""
-    from transformers import DynamicCache
-
-    if not context_ids:
-        return None
-    ids = torch.tensor([list(context_ids)], device=model.device)
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(), use_cache=True,
-                logits_to_keep=1)
-    return out.past_key_values
-
-
-def repeat_cache(cache, n: int):
-    """``cache`` (batch 1) as a batch of ``n`` without copying it: each layer's keys and values are
-    broadcast views, so the forward pass's concatenation with the queries' keys makes the only copy
-    (a deep copy repeated to the batch would hold the context's KV twice during the forward)."""
-    past = copy.copy(cache)
-    past.layers = []
-    for layer in cache.layers:
-        view = copy.copy(layer)
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            view.keys = layer.keys.expand(n, *layer.keys.shape[1:])
-            view.values = layer.values.expand(n, *layer.values.shape[1:])
-        past.layers.append(view)
-    return past
-
-
-def last_outputs(
-    model: torch.nn.Module,
-    context_ids: Sequence[int],
-    queries: Sequence[Sequence[int]],
-    batch_size: int = 16,
-    pad_id: int = 0,
-    cache=None,
-    hidden: bool = False,
-):
-    """Yield (indices, logits (B, V), hidden (B, H) or None) per batch of queries run after the context,
-    at each query's last token.
-
-    ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
-    Each batch gets a view of it repeated to the batch size; the queries are padded on the model's
-    :func:`padding_side`.
-    """
-    if cache is None:
-        cache = encode_context(model, context_ids)
-    n_ctx, dev, side = len(context_ids), model.device, padding_side(model)
-    for idx in length_sorted_batches([len(q) for q in queries], batch_size):
-        ids, mask = pad([queries[i] for i in idx], pad_id, side)
-        past = repeat_cache(cache, len(idx)) if cache is not None else None
-        yield (idx, *last_token_outputs(model, ids.to(dev), mask.to(dev), past, n_ctx if past is not None else 0, hidden))
 
 
 @torch.no_grad()
@@ -247,7 +131,8 @@ def eval_sets(spec: TaskSpec, cfg) -> list[tuple[TaskSpec, list[Example], dict[s
     if cfg.limit:
         sets = [(s, ex[: cfg.limit], m) for s, ex, m in sets]
     if cfg.sample:
-        sets = [(s, stratified_sample(s, ex, cfg.sample, cfg.seed), m) for s, ex, m in sets]
+        # its own fixed seed: every seed and method of a comparison is scored on the same examples
+        sets = [(s, stratified_sample(s, ex, cfg.sample, cfg.sample_seed), m) for s, ex, m in sets]
     return sets
 
 
@@ -271,6 +156,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     spec = get_task(cfg.task)
     meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
     if meta:  # the record names the model actually evaluated
+        check_adapter_task(cfg.adapter, meta, spec)
         cfg = dataclasses.replace(cfg, model=meta["base_model"])
     fmt = spec.prompt_format(cfg.format or meta.get("format"), cfg.template or meta.get("template"))
     # Data first (cheap, and bad files fail before the model loads).
@@ -291,7 +177,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     after_context = bool(demos) or prefix_tokens > 0
     ctx = [] if prefix_tokens else prompter.context_ids(demos)  # a prefix adapter already holds the context and BOS
     queries = {s.name: prompter.query_ids(exs, with_context=after_context) for s, exs, _ in sets}
-    check_fits([0] * prefix_tokens + ctx, queries, lm.max_length)
+    check_fits(prefix_tokens + len(ctx), [q for qs in queries.values() for q in qs], lm.max_length)
 
     with Meter(lm.device) as m_ctx:
         cache = encode_context(lm.model, ctx)
@@ -334,14 +220,24 @@ def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, he
     return metrics_out, measure
 
 
-def check_fits(ctx: Sequence[int], queries: dict[str, list[list[int]]], max_length: int | None) -> None:
-    if not max_length:
-        return
-    longest = max((len(q) for qs in queries.values() for q in qs), default=0)
-    if len(ctx) + longest > max_length:
+def check_fits(before: int, seqs: Sequence[Sequence[int]], max_length: int | None) -> None:
+    """Refuse, before any compute, sequences that with ``before`` positions ahead of them (a cached
+    context, a KV prefix) do not fit the model's window."""
+    longest = max((len(q) for q in seqs), default=0)
+    if max_length and before + longest > max_length:
         raise EngrainError(
-            f"prompt too long for the model: {len(ctx)} context tokens + {longest} for the longest query = "
-            f"{len(ctx) + longest} > the model's window of {max_length}; lower --shots"
+            f"prompt too long for the model: {before} context tokens + {longest} for the longest query = "
+            f"{before + longest} > the model's window of {max_length}; lower --shots"
+        )
+
+
+def check_adapter_task(path: str, meta: dict, spec: TaskSpec) -> None:
+    """An adapter scores a task only if it was trained for the same labels (an MNLI model on RTE is fine)."""
+    trained = get_task(meta["task"]) if meta.get("task") in TASKS else None
+    if trained is not None and trained.labels != spec.labels:
+        raise EngrainError(
+            f"the adapter {path} was trained on task {trained.name} (labels {', '.join(trained.labels)}); "
+            f"task {spec.name} has labels {', '.join(spec.labels)}: evaluate it on a task with the same labels"
         )
 
 

@@ -1,0 +1,124 @@
+"""Forward-pass primitives shared by scoring, training and the methods: padded batches, position
+ids after a cached context, last-token outputs, and the context's KV cache (computed once, broadcast
+to each batch).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padding_side(model: torch.nn.Module) -> str:
+    """Where a model's batches get their padding.
+
+    Left by default: every prompt then ends at the last position, the only one that needs logits.
+    Right for models with sliding-window attention (Gemma 3, Mistral): after a cached context (or a
+    KV prefix) left padding leaves a gap of pads before each query, and a sliding-window layer counts
+    those slots against its window, so it would stop seeing context tokens it should see. Right
+    padding costs a few more logit rows per batch (one per distinct prompt length).
+    """
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return "right" if getattr(cfg, "sliding_window", None) else "left"
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and mask, padded on ``side`` to the longest sequence."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        span = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, span] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids (B, T) of a padded batch that follows ``offset`` cached positions."""
+    return (mask.cumsum(-1) - 1).clamp(min=0) + offset
+
+
+def last_token_outputs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, past=None, n_past: int = 0,
+                       hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (B, V) and, with ``hidden``, final hidden states (B, H) at each row's last real token.
+
+    ``ids``/``mask`` are a padded batch (either side) running after ``n_past`` cached positions
+    (``past``; a peft prefix adapter adds its own). Only the rows' distinct last positions get
+    logits (``logits_to_keep`` as indices): one position when left-padded, never (B, T, V).
+    """
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # (B,) each row's last real token
+    keep, col = torch.unique(last, return_inverse=True)
+    full_mask = mask
+    if n_past:
+        full_mask = torch.cat([torch.ones(len(ids), n_past, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    out = model(input_ids=ids, attention_mask=full_mask, position_ids=positions(mask, n_past), past_key_values=past,
+                use_cache=past is not None, logits_to_keep=keep, output_hidden_states=hidden)
+    rows = torch.arange(len(ids), device=ids.device)
+    logits = out.logits[rows, col]  # (B, V)
+    return logits, out.hidden_states[-1][rows, last] if hidden else None
+
+
+@torch.no_grad()
+def encode_context(model: torch.nn.Module, context_ids: Sequence[int]):
+    """KV cache of the context (batch 1), or None for an empty context.
+
+    Every layer keeps every position: a sliding-window layer still masks by its window (the model
+    applies it from its config), but its cache is not trimmed, so the cache can also initialise a
+    KV prefix of any length (the Cartridges initialisation)."""
+    from transformers import DynamicCache
+
+    if not context_ids:
+        return None
+    ids = torch.tensor([list(context_ids)], device=model.device)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(), use_cache=True,
+                logits_to_keep=1)
+    return out.past_key_values
+
+
+def repeat_cache(cache, n: int):
+    """``cache`` (batch 1) as a batch of ``n`` without copying it: each layer's keys and values are
+    broadcast views, so the forward pass's concatenation with the queries' keys makes the only copy
+    (a deep copy repeated to the batch would hold the context's KV twice during the forward)."""
+    past = copy.copy(cache)
+    past.layers = []
+    for layer in cache.layers:
+        view = copy.copy(layer)
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            view.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+            view.values = layer.values.expand(n, *layer.values.shape[1:])
+        past.layers.append(view)
+    return past
+
+
+def last_outputs(
+    model: torch.nn.Module,
+    context_ids: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    cache=None,
+    hidden: bool = False,
+):
+    """Yield (indices, logits (B, V), hidden (B, H) or None) per batch of queries run after the context,
+    at each query's last token.
+
+    ``cache`` may hold the context's KV cache from :func:`encode_context` (computed here otherwise).
+    Each batch gets a view of it repeated to the batch size; the queries are padded on the model's
+    :func:`padding_side`.
+    """
+    if cache is None:
+        cache = encode_context(model, context_ids)
+    n_ctx, dev, side = len(context_ids), model.device, padding_side(model)
+    for idx in length_sorted_batches([len(q) for q in queries], batch_size):
+        ids, mask = pad([queries[i] for i in idx], pad_id, side)
+        past = repeat_cache(cache, len(idx)) if cache is not None else None
+        yield (idx, *last_token_outputs(model, ids.to(dev), mask.to(dev), past, n_ctx if past is not None else 0, hidden))

@@ -1,0 +1,72 @@
+"""The interface every training method implements, and the batch helpers they share.
+
+A method is built from the run (``build(run)``): there it makes its training items, and may compute
+what it needs before any parameter is attached (a distillation teacher's outputs). Each item is a
+dict of plain Python values:
+
+    input_ids   list[int]   the tokens the student model reads
+    label       int         gold class id (classification methods)
+    loss_mask   list[int]   1 where the token is a training target (token-level methods: continued
+                            pre-training, Contextual Fine-Tuning); absent for last-token methods
+    index       int         the item's position in ``method.items`` (set by ``build``)
+
+``collate`` pads a list of items into a batch, and ``loss(model, batch)`` turns the batch into a
+scalar. Prediction always goes through the shared scorer (engrain.evaluation.score), so every
+method's numbers are comparable with ICL's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from engrain.forward import last_token_outputs, pad, positions
+
+if TYPE_CHECKING:
+    from engrain.train import Run
+
+
+class Method(Protocol):
+    name: str
+    head: torch.nn.Module | None  # trained alongside the model's parameters, or None
+    items: list[dict]  # training items (see the module docstring)
+    record: dict  # what the method adds to the run record (e.g. its teacher pass's cost)
+
+    @classmethod
+    def build(cls, run: "Run") -> "Method": ...
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+def indexed(items: list[dict]) -> list[dict]:
+    return [{**item, "index": i} for i, item in enumerate(items)]
+
+
+def collate(items: list[dict], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
+    """Items -> a batch padded on ``side`` (the model's forward.padding_side): input_ids and attention_mask
+    (B, T); loss_mask (B, T) where items carry one (0 on padding); labels and index (B,) where present."""
+    ids, mask = pad([it["input_ids"] for it in items], pad_id, side)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if "loss_mask" in items[0]:
+        batch["loss_mask"] = pad([it["loss_mask"] for it in items], 0, side)[0]
+    if "label" in items[0]:
+        batch["labels"] = torch.tensor([it["label"] for it in items])
+    if "index" in items[0]:
+        batch["index"] = torch.tensor([it["index"] for it in items])
+    return batch
+
+
+def forward_last(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden: bool = False):
+    """Logits (B, V) and, with ``hidden``, final hidden states (B, H) at each prompt's last token."""
+    return last_token_outputs(model, batch["input_ids"], batch["attention_mask"], hidden=hidden)
+
+
+def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the tokens whose ``loss_mask`` is 1 (a token is predicted from
+    the ones before it, so the first token of a sequence is never a target)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1].float()  # (B, T-1, V)
+    target = batch["loss_mask"][:, 1:].bool() & mask[:, 1:].bool()  # (B, T-1)
+    return F.cross_entropy(logits[target], ids[:, 1:][target])
