@@ -170,3 +170,23 @@ def test_an_icl_entry_rejects_training_options_of_its_own(tmp_path):
         plan(f)
     f.write_text("base: {model: x, task: rte, epochs: 3}\nruns:\n  - {method: icl}\n  - {method: pbft}\n")
     assert len(plan(f)[1]) == 2
+
+
+def test_a_record_from_before_the_fixed_evaluation_sample_is_not_taken_as_done(tiny_model_dir, data_dir, tmp_path):
+    """Before sample_seed existed the evaluation sample was drawn with the run's seed: a seed-1 record of
+    that time was scored on other examples; a seed-0 record on the same ones."""
+    import json
+
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir)
+    run_sweep(f, echo=lambda *_: None, isolate=False)
+    for rec in (tmp_path / "runs").glob("*.json"):
+        data = json.loads(rec.read_text())
+        del data["config"]["sample_seed"]
+        rec.write_text(json.dumps(data))
+    (tmp_path / "runs" / "train-rte-pbft-lora-tiny-llama0-k4-s1-n6.json").unlink()
+    (tmp_path / "runs" / "eval-rte-icl-tiny-llama0-k4-s1-n6.json").rename(tmp_path / "old.json")
+    assert sorted(run_sweep(f, echo=lambda *_: None, isolate=False)) == ["eval-rte-icl-tiny-llama0-k4-s1-n6",
+                                                                          "train-rte-pbft-lora-tiny-llama0-k4-s1-n6"]
+    (tmp_path / "old.json").rename(tmp_path / "runs" / "eval-rte-icl-tiny-llama0-k4-s1-n6.json")
+    with pytest.raises(EngrainError, match=r"records a run with a different config \(differs in: sample_seed\)"):
+        run_sweep(f, echo=lambda *_: None, isolate=False)

@@ -334,3 +334,58 @@ def test_overwriting_an_adapter_never_loses_the_old_one(tiny_model_dir, data_dir
         save_adapter(model, None, cfg, lm, target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_train_on_one_task_and_evaluate_on_another(tiny_model_dir, data_dir, tmp_path):
+    """Training data and evaluation task are separate slots: MNLI's k examples, RTE (and HANS) evaluated."""
+    rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", train_data="mnli", epochs=1, limit=4, eval_sample=2))
+    assert "-k8-s0-from-mnli-" in rec["name"] and set(rec["metrics"]) == {"rte", "hans"}
+    assert all(ex["line"].startswith("train.json:") for ex in rec["train_examples"])  # mnli/train.json, not rte/train.jsonl
+    with pytest.raises(EngrainError, match=r"--train-data mnli3 has labels entailment, neutral, contradiction; --task rte has"):
+        TrainConfig(model="x", task="rte", train_data="mnli3")
+
+
+def test_a_token_level_method_plugs_in_through_the_registry(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """The loop carries per-token loss masks: a method that trains next-token loss on the hypothesis only
+    runs through train_model unchanged, and its loss counts exactly the masked tokens."""
+    import engrain.methods as methods
+    from engrain.methods import token_nll
+    from engrain.methods.base import indexed
+
+    class HypothesisLM:
+        name, head = "hyp-lm", None
+
+        def __init__(self, items):
+            self.items, self.record = indexed(items), {"hyp_tokens": sum(sum(it["loss_mask"]) for it in items)}
+
+        @classmethod
+        def build(cls, run):
+            tok, items = run.lm.tokenizer, []
+            for ex in run.shots:
+                a = run.bos + tok(ex["premise"] + " ", add_special_tokens=False)["input_ids"]
+                b = tok(ex["hypothesis"], add_special_tokens=False)["input_ids"]
+                items.append({"input_ids": a + b, "loss_mask": [0] * len(a) + [1] * len(b)})
+            return cls(items)
+
+        def loss(self, model, batch):
+            return token_nll(model, batch)
+
+    monkeypatch.setitem(methods.REGISTRY, "pbft", HypothesisLM)  # under a name the config accepts
+    rec, model, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "pbft", "lora", epochs=4, limit=4, eval_sample=2, lr=3e-2))
+    assert rec["hyp_tokens"] > 0
+    losses = [c["loss"] for c in rec["curve"]]
+    assert losses[-1] < losses[0], losses
+
+    # the masked mean is over the hypothesis tokens only: a hand computation on one item agrees
+    item = HypothesisLM.build(type("R", (), {"lm": load_model(str(tiny_model_dir), "fp32", "cpu"), "bos": [1],
+                                             "shots": [{"premise": "A cat sat.", "hypothesis": "A cat is sitting."}]})).items[0]
+    from engrain.methods import collate
+
+    batch = collate([item, {**item, "input_ids": item["input_ids"][:3], "loss_mask": [0, 0, 0]}], 0, "right")
+    with torch.no_grad():
+        got = token_nll(model, batch).item()
+        ids = torch.tensor([item["input_ids"]])
+        logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        targets = [(t - 1, ids[0, t].item()) for t, m in enumerate(item["loss_mask"]) if m and t > 0]
+        want = -sum(logp[p, tok].item() for p, tok in targets) / len(targets)
+    assert got == pytest.approx(want, rel=1e-4)
