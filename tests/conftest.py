@@ -119,3 +119,14 @@ def tiny(tiny_model_dir):
     from engrain.models import load_model
 
     return load_model(str(tiny_model_dir), precision="fp32", device="cpu")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say what the timings and the real-model tests ran on: the CPU's bf16 kind and the precision auto picks."""
+    from engrain.models import cpu_bf16_kind, resolve_dtype
+
+    kind = cpu_bf16_kind()
+    auto = str(resolve_dtype("auto", torch.device("cpu"))).replace("torch.", "")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    terminalreporter.write_line(f"engrain: CPU bf16 {kind}{f' (ONEDNN_MAX_CPU_ISA={isa})' if isa else ''}; "
+                                f"precision auto = {auto} (the real-model tests ran in it)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from engrain.measure import FlopModel, Meter, causal_pairs, matmul_peak
@@ -39,3 +40,52 @@ def test_matmul_peak_is_cached(tmp_path, monkeypatch):
     first = matmul_peak(torch.device("cpu"), torch.float32)
     assert first > 1e9 and (tmp_path / "matmul_peak.json").is_file()
     assert matmul_peak(torch.device("cpu"), torch.float32) == first
+
+
+def test_the_matmul_probe_is_bounded_where_products_are_slow():
+    """Emulated bf16 multiplies at ~1 GFLOP/s: a 4096-square product would take over two minutes.
+    The probe must stop growing n and return within its budget, with the rate it saw."""
+    from engrain.measure import measure_matmul_peak
+
+    sizes = []
+
+    def slow(a, b):  # a fake matmul at 1 GFLOP/s
+        sizes.append(a.shape[0])
+        time.sleep(2 * a.shape[0] ** 3 / 1e9)
+        return a
+
+    t0 = time.perf_counter()
+    peak = measure_matmul_peak(torch.device("cpu"), torch.float32, budget=0.5, matmul=slow)
+    took = time.perf_counter() - t0
+    assert took < 0.5 + 0.05, took
+    assert max(sizes) <= 256 and peak == pytest.approx(1e9, rel=0.3)
+
+
+def test_the_matmul_probe_grows_where_products_are_fast():
+    from engrain.measure import measure_matmul_peak
+
+    sizes = []
+    peak = measure_matmul_peak(torch.device("cpu"), torch.float32, budget=1.0,
+                               matmul=lambda a, b: sizes.append(a.shape[0]))  # instant
+    assert max(sizes) == 4096 and peak > 1e12
+
+
+def test_bf16_where_the_cpu_emulates_it_warns_once(monkeypatch, capsys):
+    import engrain.measure
+    import engrain.models as models
+
+    monkeypatch.setattr(models, "cpu_bf16_kind", lambda: "none")
+    monkeypatch.setattr(engrain.measure, "matmul_peak", lambda device, dtype: 1.3e9 if dtype is torch.bfloat16 else 75.5e9)
+    monkeypatch.setattr(models, "_warned", set())
+    assert models.resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16  # still runs in bf16
+    assert models.resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert models.resolve_dtype("auto", torch.device("cpu")) is torch.float32
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "emulated" in err and "1.3 GFLOP/s in bf16 vs 75.5 in fp32 (58x slower)" in err
+
+
+def test_the_cpu_bf16_kind_can_be_overridden(monkeypatch):
+    from engrain.models import cpu_bf16_kind, cpu_has_bf16
+
+    monkeypatch.setenv("ENGRAIN_CPU_BF16", "0")
+    assert cpu_bf16_kind() == "none" and not cpu_has_bf16()

@@ -31,7 +31,10 @@ def test_hub_id_is_recognised():
 
 
 def test_unreachable_hub_is_one_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import: the env alone is too late
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(EngrainError, match="could not load model 'nobody/no-such-model'"):
         load_model("nobody/no-such-model", precision="fp32", device="cpu")

@@ -112,26 +112,40 @@ def _peak_key(device: torch.device, dtype: torch.dtype) -> str:
         where = torch.cuda.get_device_name(device)
     else:
         where = f"{cpu_name()} x{torch.get_num_threads()} threads"
-    return f"{where} | {str(dtype).replace('torch.', '')} | torch {torch.__version__}"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")  # a cap on oneDNN's instructions changes the peak (AVX2: bf16 emulated)
+    return f"{where} | {str(dtype).replace('torch.', '')} | torch {torch.__version__}" + (f" | isa {isa}" if isa else "")
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """Best FLOP/s of square matmuls (1024-4096) in ``dtype`` on ``device``."""
-    best = 0.0
-    for n in (1024, 2048, 4096):
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, budget: float = 0.8, matmul=torch.matmul) -> float:
+    """Best FLOP/s of square matmuls in ``dtype`` on ``device``, measured within ``budget`` seconds.
+
+    n starts at 128 and doubles up to 4096; each size gets a warm-up product and at most budget/8 of
+    timed products. n stops growing when the next size's warm-up and first product (about 16 x this
+    size's product) would not fit in what is left of the budget, so one slow product cannot stall
+    the probe: where bf16 is emulated (~1 GFLOP/s) it stops at n = 256 after ~0.3 s, where 4096-square
+    products would take minutes each.
+    """
+    deadline, best, n = time.perf_counter() + budget, 0.0, 128
+
+    def timed() -> float:
+        t = time.perf_counter()
+        matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t
+
+    while True:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        a @ b  # warm-up
-        reps, t0 = 0, time.perf_counter()
-        while True:
-            a @ b
-            reps += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if time.perf_counter() - t0 > seconds:
-                break
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
-    return best
+        one = timed()  # warm-up
+        stop = min(deadline, time.perf_counter() + budget / 8)
+        spent, reps = timed(), 1
+        while time.perf_counter() + spent / reps < stop:
+            spent, reps = spent + timed(), reps + 1
+        best = max(best, 2 * n**3 * reps / spent)
+        if n >= 4096 or time.perf_counter() + 16 * min(one, spent / reps) > deadline:
+            return best
+        n *= 2
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
@@ -219,4 +233,6 @@ def git_revision() -> str | None:
 
 
 def host() -> dict:
-    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "platform": platform.platform()}
+    from engrain.models import cpu_bf16_kind
+
+    return {"cpu": cpu_name(), "cpu_bf16": cpu_bf16_kind(), "threads": torch.get_num_threads(), "platform": platform.platform()}

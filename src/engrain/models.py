@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -68,13 +69,38 @@ ALIASES: dict[str, BundledModel] = {
 # ---------------------------------------------------------------------------- precision
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AMX or AVX512-BF16), where bf16 is ~3-6x faster than fp32."""
+def cpu_bf16_kind() -> str:
+    """How this CPU multiplies bf16: "amx", "avx512_bf16" (both native, bf16 ~3-6x faster than fp32) or
+    "none" (emulated, ~60x slower than fp32). ENGRAIN_CPU_BF16=0 makes it "none" (auto then picks fp32)."""
+    if os.environ.get("ENGRAIN_CPU_BF16") == "0":
+        return "none"
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+        return "none"
+    return next((kind for kind in ("amx_bf16", "avx512_bf16") if kind in flags), "none").replace("amx_bf16", "amx")
+
+
+def cpu_has_bf16() -> bool:
+    return cpu_bf16_kind() != "none"
+
+
+_warned: set[str] = set()
+
+
+def warn_emulated_bf16() -> None:
+    """Once per process: bf16 asked for on a CPU that emulates it, with the measured cost (the bounded probe)."""
+    if "bf16" in _warned:
+        return
+    _warned.add("bf16")
+    from engrain.measure import matmul_peak
+
+    cpu = torch.device("cpu")
+    bf16, fp32 = matmul_peak(cpu, torch.bfloat16), matmul_peak(cpu, torch.float32)
+    slower = f" ({fp32 / bf16:.0f}x slower)" if fp32 > bf16 else ""
+    print(f"engrain: warning: --precision bf16 on a CPU without native bf16 (no AVX512-BF16 or AMX) is emulated: "
+          f"matmuls measured {bf16 / 1e9:.1f} GFLOP/s in bf16 vs {fp32 / 1e9:.1f} in fp32{slower}; --precision auto uses fp32",
+          file=sys.stderr)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -93,6 +119,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_bf16():
+            warn_emulated_bf16()
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
