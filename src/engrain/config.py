@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from engrain.errors import EngrainError
-from engrain.names import PARAM_SETS, PRECISIONS, TRAIN_METHODS
+from engrain.names import CFT_PROMPTS, DOC_METHODS, PARAM_SETS, PRECISIONS, TRAIN_METHODS
 
 
 def opt(default: Any, help: str, **kw) -> Any:
@@ -156,6 +156,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # Context distillation trains on a transfer set many times larger than k: fewer epochs.
 DISTILL_PRESET = {"epochs": 4, "warmup_ratio": 0.1}
+# Documents: a few passes over the corpus (untuned).
+DOC_PRESET = {"epochs": 10, "warmup_ratio": 0.1}
 
 
 @dataclass
@@ -163,8 +165,10 @@ class TrainConfig(EvalConfig):
     """Few-shot fine-tuning: the eval options plus how to train. Unset lr/epochs/warmup come from PRESETS."""
 
     shots: int = opt(32, "number of labelled training examples k")
-    train_data: str | None = opt(None, "what to train on: a task whose train split gives the k examples (default: --task); its labels must be --task's")
-    method: str = opt("pbft", "pbft (pattern + verbaliser), head (new classification head) or distill (context distillation)")
+    train_data: str | None = opt(None, "what to train on: a task whose train split gives the k examples (default: --task; its labels must be "
+                                 "--task's); for cpt/cft a corpus: a folder of .txt/.md files, a .jsonl of {id, text}, or facts[:SEED] (the generated benchmark)")
+    method: str = opt("pbft", "pbft (pattern + verbaliser), head (new classification head), distill (context distillation), "
+                              "cpt (continued pre-training on documents) or cft (Contextual Fine-Tuning on documents)")
     params: str = opt("lora", "which parameters train: full, lora, bitfit, ia3 or prefix (a KV prefix initialised from the k examples)")
     epochs: int | None = opt(None, "epochs over the k examples (preset: 40)")
     lr: float | None = opt(None, "peak learning rate (preset: full 1e-5, lora 2e-4, bitfit 1e-4, ia3 3e-3)")
@@ -190,6 +194,9 @@ class TrainConfig(EvalConfig):
     kl: str = opt("forward", "distill: forward KL(teacher || student) or reverse KL(student || teacher)")
     temperature: float = opt(1.0, "distill: softmax temperature T of teacher and student (loss scaled by T^2)")
     alpha: float = opt(0.0, "distill: weight of cross-entropy on the gold labels (0: pure distillation; 1: PBFT on the transfer set)")
+    chunk_tokens: int = opt(256, "cpt/cft: documents longer than this are split on paragraph / sentence boundaries")
+    cft_prompts: str = opt("contextual", "cft: the prompts put before each document: contextual (the paper's ten styles), negative or random (the ablations)")
+    cft_prompts_file: str | None = opt(None, "cft: your own prompts, one per line (instead of --cft-prompts)")
 
     def validate(self) -> None:
         from engrain.tasks import get_task
@@ -207,12 +214,14 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--prefix-tokens applies to --params prefix, not {self.params}")
         if self.prefix_tokens != 0:
             _at_least("prefix_tokens", self.prefix_tokens, 2, "0 (the whole context) or ")
-        preset = {**PRESETS[self.params], **(DISTILL_PRESET if self.method == "distill" else {})}
+        preset = {**PRESETS[self.params], **{"distill": DISTILL_PRESET, "cpt": DOC_PRESET, "cft": DOC_PRESET}.get(self.method, {})}
         for name, value in preset.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         super().validate()
-        if self.train_data is not None:
+        if self.method in DOC_METHODS:
+            self._validate_documents()
+        elif self.train_data is not None:
             source, target = get_task(self.train_data), get_task(self.task)
             if source.labels != target.labels:
                 raise EngrainError(f"--train-data {source.name} has labels {', '.join(source.labels)}; "
@@ -237,6 +246,19 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--schedule must be linear or constant, got {self.schedule!r}")
         if self.method == "distill":
             self._validate_distill()
+
+    def _validate_documents(self) -> None:
+        if self.train_data is None:
+            raise EngrainError(f"--method {self.method} trains on documents: give --train-data CORPUS (a folder, a .jsonl file, or facts)")
+        if not self.train_data.split(":")[0] == "facts" and not Path(self.train_data).exists():
+            raise EngrainError(f"corpus not found: {self.train_data} (expected a folder of .txt/.md files, a .jsonl file, or facts)")
+        if self.params == "prefix":
+            raise EngrainError(f"--params prefix is initialised from a context; --method {self.method} has none (use full, lora, bitfit or ia3)")
+        _at_least("chunk_tokens", self.chunk_tokens, 8)
+        if self.cft_prompts not in CFT_PROMPTS:
+            raise EngrainError(f"--cft-prompts must be one of {', '.join(CFT_PROMPTS)}, got {self.cft_prompts!r}")
+        if self.cft_prompts_file is not None and not Path(self.cft_prompts_file).is_file():
+            raise EngrainError(f"prompts file not found: {self.cft_prompts_file}")
 
     def _validate_distill(self) -> None:
         choices = {"transfer": ("pool", "shots"), "distill_loss": ("verbalizer", "topk"), "kl": ("forward", "reverse")}

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from engrain.errors import EngrainError
+from engrain.names import DOC_METHODS
 
 
 def model_slug(name: str) -> str:
@@ -28,6 +29,8 @@ def variant(kind: str, method: str, config: dict) -> str:
     name = f"{method}-{config['params']}"
     if config.get("prefix_tokens"):  # a compressed KV prefix (missing from older records: the whole context)
         name += f"-p{config['prefix_tokens']}"
+    if method == "cft" and (config.get("cft_prompts_file") or config.get("cft_prompts", "contextual") != "contextual"):
+        name += "-own-prompts" if config.get("cft_prompts_file") else f"-{config['cft_prompts']}"  # the paper's ablations
     if method == "distill":  # an option missing from an older record counts as its default
         name += "".join(f"-{tag}{config.get(f, default)}" for f, default, tag in DISTILL_OPTIONS if config.get(f, default) != default)
     return name
@@ -35,9 +38,10 @@ def variant(kind: str, method: str, config: dict) -> str:
 
 def run_name(kind: str, method: str, cfg) -> str:
     """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
-    name = f"{cfg.task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}-k{cfg.shots}-s{cfg.seed}"
+    shots = "" if method in DOC_METHODS else f"-k{cfg.shots}"  # documents are not k examples
+    name = f"{cfg.task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}{shots}-s{cfg.seed}"
     if getattr(cfg, "train_data", None) and cfg.train_data != cfg.task:
-        name += f"-from-{cfg.train_data}"
+        name += f"-from-{model_slug(cfg.train_data.rstrip('/'))}"
     if getattr(cfg, "adapter", None):
         name += f"-{Path(cfg.adapter).name}"
     if getattr(cfg, "limit", None):

@@ -30,6 +30,7 @@ from engrain.evaluation import check_fits, eval_sets, score_sets
 from engrain.forward import encode_context, padding_side
 from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
+from engrain.names import DOC_METHODS
 from engrain.params import ParamSpec, apply_params, trainable_summary
 from engrain.tasks import TaskSpec, get_task, load_split
 
@@ -50,6 +51,7 @@ class Run:
     compute: torch.dtype  # what the matmuls run in (autocast)
     prompter: Prompter  # training prompts (train_spec's format)
     eval_prompter: Prompter  # evaluation prompts (spec's format)
+    corpus: list | None = None  # documents to train on (cpt, cft), else None
 
     @property
     def as_icl(self) -> bool:
@@ -77,6 +79,14 @@ class Run:
         """The context's KV cache on the base model, computed once (before any adapter is attached)."""
         with self.autocast():
             return encode_context(self.lm.model, self.context_ids)
+
+    @cached_property
+    def chunks(self) -> list:
+        """The corpus split into chunks of at most cfg.chunk_tokens tokens (exactly its text, none repeated)."""
+        from engrain.documents import chunk_documents
+
+        count = lambda text: len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        return chunk_documents(self.corpus, self.cfg.chunk_tokens, count)
 
     @cached_property
     def verbalizer_ids(self) -> list[int]:
@@ -130,10 +140,13 @@ def prepare(cfg: TrainConfig) -> Run:
     from accelerate.utils import set_seed
 
     spec = get_task(cfg.task)
-    train_spec = get_task(cfg.train_data or cfg.task)
     sets = eval_sets(spec, cfg)
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
-    shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
+    if cfg.method in DOC_METHODS:  # documents, not labelled examples
+        train_spec, shots, corpus = spec, [], load_train_corpus(cfg.train_data)
+    else:
+        train_spec, corpus = get_task(cfg.train_data or cfg.task), None
+        shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
 
     compute = models.resolve_dtype(cfg.precision, models.resolve_device(cfg.device))
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu")
@@ -142,11 +155,24 @@ def prepare(cfg: TrainConfig) -> Run:
     lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
     run = Run(cfg, spec, train_spec, sets, exclude, shots, acc, lm, compute,
               Prompter(train_spec, train_spec.prompt_format(cfg.format, cfg.template), lm.tokenizer),
-              Prompter(spec, spec.prompt_format(cfg.format, cfg.template), lm.tokenizer))
+              Prompter(spec, spec.prompt_format(cfg.format, cfg.template), lm.tokenizer), corpus)
     if cfg.prefix_tokens > len(run.context_ids):
         raise EngrainError(f"--prefix-tokens {cfg.prefix_tokens} is more than the {len(run.context_ids)} tokens of the {len(shots)} demonstrations")
     run.check_fits(run.virtual_tokens + len(run.bos), [q for qs in run.eval_queries(sets).values() for q in qs])
     return run
+
+
+def load_train_corpus(source: str) -> list:
+    """A corpus path, or ``facts[:SEED]``: the documents of the generated benchmark (world seed, default 0)."""
+    from engrain import facts
+    from engrain.documents import load_corpus
+
+    name, _, seed = source.partition(":")
+    if name == "facts":
+        if seed and not seed.isdigit():
+            raise EngrainError(f"--train-data facts:SEED takes an integer seed, got {seed!r}")
+        return facts.generate(int(seed or 0))[0]
+    return load_corpus(source)
 
 
 def attach_params(run: Run) -> torch.nn.Module:
@@ -212,6 +238,8 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
     loop.model.train()
     with Meter(run.lm.device) as meter:
         for epoch in range(1, cfg.epochs + 1):
+            if hasattr(loop.method, "set_epoch"):
+                loop.method.set_epoch(epoch)
             for batch in loop.loader:
                 train_step(run, loop, batch)
                 if acc.sync_gradients:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from engrain.errors import unknown
 from engrain.methods.base import Method, collate, forward_last, token_nll
+from engrain.methods.cft import CFT
+from engrain.methods.cpt import CPT
 from engrain.methods.distill import Distill
 from engrain.methods.head import HeadMethod
 from engrain.methods.pbft import PBFT
@@ -14,7 +16,7 @@ from engrain.methods.pbft import PBFT
 if TYPE_CHECKING:
     from engrain.train import Run
 
-REGISTRY: dict[str, type] = {"pbft": PBFT, "head": HeadMethod, "distill": Distill}
+REGISTRY: dict[str, type] = {"pbft": PBFT, "head": HeadMethod, "distill": Distill, "cpt": CPT, "cft": CFT}
 
 
 def build_method(name: str, run: "Run") -> Method:

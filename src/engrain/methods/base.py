@@ -39,6 +39,9 @@ class Method(Protocol):
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
+    # Optional: ``set_epoch(epoch)``, called before each epoch, for methods whose items change per
+    # epoch (CFT draws a new prompt per document); ``items`` then reads the current epoch's.
+
 
 def indexed(items: list[dict]) -> list[dict]:
     return [{**item, "index": i} for i, item in enumerate(items)]

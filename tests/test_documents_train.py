@@ -1,0 +1,119 @@
+"""Continued pre-training and Contextual Fine-Tuning on documents, through the same training loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engrain.config import TrainConfig
+from engrain.errors import EngrainError
+from engrain.methods import build_method
+from engrain.train import prepare, train_model
+
+TEXTS = {
+    "alpha.txt": "Varo Quendel works at Tessaline Works.\n\nTessaline Works is based in Dreust. It makes lanterns.",
+    "beta.md": "# Beta\n\nMira Olt grew up in Zithe. She is a cartographer who maps the salt coast every summer.",
+}
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, text in TEXTS.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def doc_cfg(tiny_model_dir, data_dir, out, corpus, method, **kw):
+    base = dict(model=str(tiny_model_dir), task="rte", method=method, params="lora", train_data=str(corpus), epochs=3, lr=3e-2,
+                warmup_ratio=0.0, limit=4, eval_sample=2, chunk_tokens=16, train_batch_size=4, precision="fp32",
+                data_dir=str(data_dir), out=str(out), progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_cft_loss_covers_exactly_the_document_tokens(tiny_model_dir, data_dir, tmp_path, corpus):
+    cfg = doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cft")
+    run = prepare(cfg)
+    method = build_method("cft", run)
+    tok = run.lm.tokenizer
+    by_doc: dict[str, str] = {}
+    for epoch in (1, 2, 3):
+        method.set_epoch(epoch)
+        for item, chunk, prompt in zip(method.items, run.chunks, method.prompts[epoch - 1]):
+            ids, mask = item["input_ids"], item["loss_mask"]
+            assert len(ids) == len(mask)
+            assert tok.decode([t for t, m in zip(ids, mask) if m]) == chunk.text  # the document's tokens, all of them
+            assert tok.decode([t for t, m in zip(ids, mask) if not m], skip_special_tokens=True) == prompt + "\n\n"  # the prompt: masked
+            if epoch == 1:
+                by_doc[chunk.doc_id] = by_doc.get(chunk.doc_id, "") + chunk.text
+    assert by_doc == TEXTS  # the chunks are the corpus, nothing lost or repeated
+    assert len(run.chunks) > len(TEXTS)  # chunk_tokens 16 split them
+    assert method.prompts[0] != method.prompts[1]  # a new prompt per document per epoch ...
+    assert build_method("cft", prepare(cfg)).prompts == method.prompts  # ... drawn with the seed
+
+
+def test_cpt_trains_on_every_document_token(tiny_model_dir, data_dir, tmp_path, corpus):
+    rec, _, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cpt", epochs=6))
+    losses = [c["loss"] for c in rec["curve"]]
+    assert losses[-1] < losses[0], losses
+    c = rec["corpus"]
+    assert c["documents"] == 2 and c["chunks"] > 2 and c["document_tokens"] > 30
+    assert rec["name"].startswith("train-rte-cpt-lora-tiny-llama0-s0-from-corpus") and rec["train_examples"] == []
+    assert set(rec["metrics"]) == {"rte", "hans"}  # the evaluation task: what training on documents did to it
+    assert json.loads(open(rec["path"]).read())["corpus"] == c
+
+
+@pytest.mark.parametrize("kw,name", [({"cft_prompts": "negative"}, "cft-lora-negative"), ({"cft_prompts": "random"}, "cft-lora-random"),
+                                     ({}, "cft-lora-")])
+def test_cft_and_its_ablations_train(tiny_model_dir, data_dir, tmp_path, corpus, kw, name):
+    rec, _, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cft", epochs=2, **kw))
+    assert f"-{name}" in rec["name"] and rec["measure"]["train"]["tokens"] > rec["corpus"]["document_tokens"] * 2
+
+
+def test_cft_with_your_own_prompts_and_the_facts_corpus(tiny_model_dir, data_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Learn this well.\n\nRemember every name below.\n")
+    rec, _, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, "facts", "cft", epochs=1, cft_prompts_file=str(prompts),
+                                    chunk_tokens=256, save=False))
+    assert rec["corpus"]["documents"] == 46 and rec["cft_prompts"] == str(prompts) and "-own-prompts" in rec["name"]
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"train_data": None}, r"--method cpt trains on documents: give --train-data CORPUS"),
+    ({"train_data": "/no/such/corpus"}, r"corpus not found: /no/such/corpus"),
+    ({"params": "prefix"}, r"--params prefix is initialised from a context; --method cpt has none"),
+    ({"chunk_tokens": 4}, r"--chunk-tokens must be an integer >= 8"),
+    ({"cft_prompts": "kind"}, r"--cft-prompts must be one of contextual, negative, random"),
+    ({"cft_prompts_file": "/no/prompts.txt"}, r"prompts file not found"),
+])
+def test_bad_document_options(kw, message):
+    with pytest.raises(EngrainError, match=message):
+        TrainConfig(**{"model": "x", "method": "cpt", "train_data": "facts", **kw})
+
+
+def test_an_empty_corpus_is_an_error_before_the_model_loads(data_dir, tmp_path):
+    (tmp_path / "c").mkdir()
+    with pytest.raises(EngrainError, match="the corpus is empty"):
+        train_model(TrainConfig(model="/no/such/model", method="cpt", train_data=str(tmp_path / "c"), ood=False, out="",
+                                data_dir=str(data_dir)))
+
+
+def test_cpt_loss_is_the_mean_over_document_tokens(tiny_model_dir, data_dir, tmp_path, corpus):
+    from engrain.methods import collate
+
+    run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cpt"))
+    method = build_method("cpt", run)
+    batch = collate(list(method.items)[:3], run.lm.tokenizer.pad_token_id, "right")
+    with torch.no_grad():
+        got = method.loss(run.lm.model, batch).item()
+        nll, n = 0.0, 0
+        for item in list(method.items)[:3]:
+            ids = torch.tensor([item["input_ids"]])
+            logp = run.lm.model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            for t in range(1, len(item["input_ids"])):
+                if item["loss_mask"][t]:
+                    nll, n = nll - logp[t - 1, item["input_ids"][t]].item(), n + 1
+    assert got == pytest.approx(nll / n, rel=1e-4)
