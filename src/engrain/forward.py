@@ -122,3 +122,21 @@ def last_outputs(
         ids, mask = pad([queries[i] for i in idx], pad_id, side)
         past = repeat_cache(cache, len(idx)) if cache is not None else None
         yield (idx, *last_token_outputs(model, ids.to(dev), mask.to(dev), past, n_ctx if past is not None else 0, hidden))
+
+
+def continuation_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor,
+                          past=None, n_past: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log-probabilities (B,) of each row's tokens from ``starts[b]`` on, and how many they are (B,).
+
+    ``ids``/``mask`` (B, T) are right-padded rows running after ``n_past`` cached positions; token t of a
+    row is scored by the logits at t - 1, so ``starts`` must be >= 1 (the continuation follows a prompt).
+    """
+    full_mask = mask
+    if n_past:
+        full_mask = torch.cat([torch.ones(len(ids), n_past, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions(mask, n_past), past_key_values=past,
+                   use_cache=past is not None).logits[:, :-1].float()  # (B, T-1, V)
+    logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1): log p(token t | tokens < t)
+    cols = torch.arange(1, ids.shape[1], device=ids.device)
+    scored = (cols[None, :] >= starts[:, None]) & mask[:, 1:].bool()  # (B, T-1)
+    return (logp * scored).sum(-1), scored.sum(-1)
