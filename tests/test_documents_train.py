@@ -117,3 +117,66 @@ def test_cpt_loss_is_the_mean_over_document_tokens(tiny_model_dir, data_dir, tmp
                 if item["loss_mask"][t]:
                     nll, n = nll - logp[t - 1, item["input_ids"][t]].item(), n + 1
     assert got == pytest.approx(nll / n, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- document tasks end to end
+
+
+def run_cli(capsys, *argv):
+    from engrain.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_a_document_task_closed_and_open_book(tiny_model_dir, tmp_path, capsys):
+    for extra, method in (((), "closed-book"), (("--open-book",), "open-book")):
+        code, out, err = run_cli(capsys, "eval", "--model", str(tiny_model_dir), "--task", "facts", "--limit", "30", "--precision", "fp32",
+                                 "--out", str(tmp_path), "--no-progress", *extra)
+        assert code == 0, err
+        assert f"{method} | " in out and "paraphrase" in out and "verbatim" in out  # the first 30: organisations
+        rec = json.loads((tmp_path / f"eval-facts-{method}-tiny-llama0-s0-n30.json").read_text())
+        m = rec["metrics"]["facts"]
+        assert m["n"] == 30 and 0 <= m["accuracy"] <= 1 and set(m["by_type"]) <= {"verbatim", "paraphrase", "two-hop"}
+        assert rec["measure"]["facts"]["open_book"] is (method == "open-book")
+
+
+def test_train_on_a_document_task_and_evaluate_the_adapter(tiny_model_dir, tmp_path):
+    from engrain import EvalConfig, evaluate
+
+    cfg = TrainConfig(model=str(tiny_model_dir), task="facts", method="cft", params="lora", epochs=2, lr=1e-2, eval_sample=12,
+                      chunk_tokens=128, precision="fp32", out=str(tmp_path), progress=False)
+    rec, _, _ = train_model(cfg)
+    assert [set(c["metrics"]) for c in rec["curve"]] == [{"facts"}, {"facts"}] and rec["curve"][0]["metrics"]["facts"]["n"] == 12
+    final = rec["metrics"]["facts"]
+    assert final["n"] == 248 and rec["corpus"]["documents"] == 46 and rec["measure"]["train"]["mfu"] > 0
+    ev = evaluate(EvalConfig(task="facts", adapter=rec["adapter"]["path"], precision="fp32", out="", progress=False))
+    assert ev["metrics"]["facts"] == final  # the saved adapter answers as training ended
+
+
+def test_your_own_corpus_and_questions(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("The lighthouse keeper of Orrin is named Bel Tasso.")
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"question": "Who keeps the lighthouse of Orrin?", "choices": ["Bel Tasso", "Ana Ruiz"], "answer": 0, "doc": "a.txt"}) + "\n")
+    code, out, err = run_cli(capsys, "eval", "--model", str(tiny_model_dir), "--task", "qa", "--corpus", str(tmp_path / "docs"),
+                             "--questions", str(q), "--open-book", "--precision", "fp32", "--out", "", "--no-progress")
+    assert code == 0, err
+    assert "open book" in out
+    code, _, err = run_cli(capsys, "train", "--model", str(tiny_model_dir), "--task", "qa", "--corpus", str(tmp_path / "docs"),
+                           "--questions", str(q), "--method", "cpt", "--epochs", "1", "--precision", "fp32", "--out", "", "--no-progress")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--task", "qa"], r"--task qa needs --corpus \(your documents\) and --questions"),
+    (["eval", "--task", "facts", "--questions", "/no/q.jsonl"], r"--questions not found: /no/q.jsonl"),
+    (["train", "--task", "facts", "--method", "pbft"], r"--task facts is a document task: train on it with --method cpt or cft"),
+    (["eval", "--task", "facts:x", "--out", ""], r"--task facts:SEED takes an integer seed, got 'x'"),
+])
+def test_document_task_errors_are_one_line(capsys, argv, message):
+    import re
+
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and re.search(message, err), err

@@ -45,14 +45,20 @@ class EvalConfig:
     out: str | None = opt("runs", "folder for the run record (JSON); empty to write none")
     progress: bool = opt(True, "show progress bars")
     adapter: str | None = opt(None, "evaluate a model saved by `engrain train` (its folder); prompts without demonstrations, --shots is ignored")
+    corpus: str | None = opt(None, "--task qa: your documents (a folder of .txt/.md files or a .jsonl of {id, text})")
+    questions: str | None = opt(None, "--task qa: multiple-choice questions about them (JSONL: question, choices, answer, doc)")
+    open_book: bool = opt(False, "document tasks: put each question's documents in the prompt (ICL with the documents; default: closed book)")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         from engrain.tasks import get_task
+        from engrain.tasks.documents import is_document_task
 
         _coerce_numbers(self)
+        if is_document_task(self.task):
+            return self._validate_document_task()
         spec = get_task(self.task)
         spec.prompt_format(self.format, self.template)
         if self.adapter is not None:
@@ -74,6 +80,18 @@ class EvalConfig:
                 f"task {self.task} has no train split to draw demonstrations from; use --shots 0, "
                 "or evaluate it as the out-of-domain partner of another task"
             )
+
+    def _validate_document_task(self) -> None:
+        """Document tasks (facts, qa): files named must exist; there are no demonstrations or formats."""
+        for name in ("corpus", "questions"):
+            path = getattr(self, name)
+            if self.task.split(":")[0] == "qa" and path is None:
+                raise EngrainError("--task qa needs --corpus (your documents) and --questions (multiple-choice questions about them)")
+            if path is not None and not Path(path).exists():
+                raise EngrainError(f"--{name} not found: {path}")
+        _at_least("batch_size", self.batch_size, 1)
+        if self.precision not in PRECISIONS:
+            raise EngrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def _coerce_numbers(cfg: Any) -> None:
@@ -200,6 +218,7 @@ class TrainConfig(EvalConfig):
 
     def validate(self) -> None:
         from engrain.tasks import get_task
+        from engrain.tasks.documents import is_document_task
 
         _coerce_numbers(self)
         if self.method not in TRAIN_METHODS:
@@ -221,6 +240,8 @@ class TrainConfig(EvalConfig):
         super().validate()
         if self.method in DOC_METHODS:
             self._validate_documents()
+        elif is_document_task(self.task):
+            raise EngrainError(f"--task {self.task} is a document task: train on it with --method cpt or cft")
         elif self.train_data is not None:
             source, target = get_task(self.train_data), get_task(self.task)
             if source.labels != target.labels:
@@ -248,9 +269,11 @@ class TrainConfig(EvalConfig):
             self._validate_distill()
 
     def _validate_documents(self) -> None:
-        if self.train_data is None:
+        from engrain.tasks.documents import is_document_task
+
+        if self.train_data is None and not is_document_task(self.task):
             raise EngrainError(f"--method {self.method} trains on documents: give --train-data CORPUS (a folder, a .jsonl file, or facts)")
-        if not self.train_data.split(":")[0] == "facts" and not Path(self.train_data).exists():
+        if self.train_data is not None and self.train_data.split(":")[0] != "facts" and not Path(self.train_data).exists():
             raise EngrainError(f"corpus not found: {self.train_data} (expected a folder of .txt/.md files, a .jsonl file, or facts)")
         if self.params == "prefix":
             raise EngrainError(f"--params prefix is initialised from a context; --method {self.method} has none (use full, lora, bitfit or ia3)")

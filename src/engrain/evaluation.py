@@ -152,7 +152,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     from engrain.params import load_trained, read_adapter_meta
     from engrain.results import base_record, write_record
 
+    from engrain.tasks.documents import is_document_task
+
     cfg.validate()
+    if is_document_task(cfg.task):
+        from engrain.qa import evaluate_documents
+
+        return evaluate_documents(cfg)
     spec = get_task(cfg.task)
     meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
     if meta:  # the record names the model actually evaluated

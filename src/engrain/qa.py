@@ -13,6 +13,7 @@ import torch
 
 from engrain.documents import Question
 from engrain.forward import continuation_logprobs, encode_context, pad, repeat_cache
+from engrain.measure import Meter, matmul_peak
 
 SEPARATOR = "\n\n"  # between the documents, and between them and the question
 
@@ -74,3 +75,44 @@ def qa_metrics(questions: Sequence[Question], scores) -> dict:
         "by_type": {t: {"n": sum(q.type == t for q in questions), "accuracy": acc(lambda q: q.type == t, True),
                         "accuracy_unnormalised": acc(lambda q: q.type == t, False)} for t in types},
     }
+
+
+def score_questions(lm, questions: Sequence[Question], documents: dict[str, str] | None, batch_size: int = 16,
+                    model=None) -> tuple[dict, dict]:
+    """Metrics and cost of answering ``questions`` with ``model`` (default ``lm.model``) in ``lm.dtype``;
+    with ``documents``, open book."""
+    model = model if model is not None else lm.model
+    peak = matmul_peak(lm.device, lm.dtype)
+    with Meter(lm.device) as m, torch.autocast(lm.device.type, dtype=lm.dtype, enabled=lm.dtype != torch.float32):
+        scores = choice_scores(model, lm.tokenizer, questions, documents, batch_size)
+    measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000, "peak_memory_mb": m.peak_mb,
+               "open_book": documents is not None, "matmul_peak_tflops": peak / 1e12}
+    return qa_metrics(questions, scores), measure
+
+
+def evaluate_documents(cfg) -> dict:
+    """`engrain eval` on a document task: closed-book (the base model, or a trained one with --adapter),
+    or open-book (--open-book: each question's documents in context)."""
+    import dataclasses
+
+    from engrain.models import inference_copy, load_model, resolve_dtype
+    from engrain.params import load_trained, read_adapter_meta
+    from engrain.results import base_record, write_record
+    from engrain.tasks.documents import load_document_task
+
+    task = load_document_task(cfg.task, cfg.corpus, cfg.questions)  # files first: bad ones fail before the model loads
+    questions = task.questions[: cfg.limit] if cfg.limit else task.questions
+    meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
+    if meta:
+        cfg = dataclasses.replace(cfg, model=meta["base_model"])
+        lm, _, meta = load_trained(cfg.adapter, cfg.device)
+        lm.dtype = resolve_dtype(cfg.precision, lm.device)
+        lm.model = inference_copy(lm.model, lm.dtype)
+    else:
+        lm = load_model(cfg.model, cfg.precision, cfg.device)
+    metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size)
+    record = base_record("eval", meta.get("method", "open-book" if cfg.open_book else "closed-book"), cfg, lm)
+    record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
+    if cfg.out:
+        record["path"] = str(write_record(record, cfg.out))
+    return record

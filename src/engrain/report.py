@@ -6,8 +6,25 @@ from rich.console import Console
 from rich.table import Table
 
 
+def qa_table(record: dict) -> Table:
+    """Multiple-choice accuracy on a document task, all and per question type, with its cost."""
+    cfg = record["config"]
+    t = Table(title=f"{record['method']} | {cfg['model']} | {cfg['task']} | {'open' if cfg.get('open_book') else 'closed'} book")
+    for col in ("questions", "n", "accuracy", "unnormalised", "chance", "ms/question", "peak MB"):
+        t.add_column(col, justify="left" if col == "questions" else "right")
+    for split, m in record["metrics"].items():
+        s = record["measure"][split]
+        t.add_row("all", str(m["n"]), f"{m['accuracy']:.3f}", f"{m['accuracy_unnormalised']:.3f}", f"{m['chance']:.3f}",
+                  f"{s['ms_per_question']:.1f}", f"{s['peak_memory_mb']:.0f}")
+        for kind, b in m["by_type"].items():
+            t.add_row(f"  {kind}", str(b["n"]), f"{b['accuracy']:.3f}", f"{b['accuracy_unnormalised']:.3f}", "", "", "")
+    return t
+
+
 def eval_tables(record: dict) -> list[Table]:
     """Accuracy per evaluation set with its cost, then breakdowns (HANS per heuristic x label)."""
+    if any("by_type" in m for m in record["metrics"].values()):
+        return [qa_table(record)]
     cfg, meas = record["config"], record["measure"]
     main = Table(title=f"{record['method']} | {cfg['model']} | {cfg['task']} | k={cfg['shots']} seed={cfg['seed']}")
     for col in ("split", "n", "accuracy", "macro-F1", "MCC", "non-verb.", "seconds", "ex/s", "tok/s", "peak MB", "MFU"):
@@ -58,7 +75,7 @@ def print_eval(record: dict, con: Console | None = None) -> None:
             f"peak {tr['peak_memory_mb']:.0f} MB | trainable {tp['trainable']:,} ({tp['share']:.3%})"
         )
         for point in record["curve"]:
-            accs = "  ".join(f"{k} {v['accuracy']:.3f}" for k, v in point["metrics"].items())
+            accs = "  ".join(f"{k} {v['accuracy']:.3f}" for k, v in point["metrics"].items())  # classification or QA
             con.print(f"  epoch {point['epoch']:>3} step {point['step']:>4} loss {point['loss']:.4f}  {accs}")
     if "adapter" in record:
         con.print(f"adapter: {record['adapter']['path']} ({record['adapter']['bytes'] / 2**20:.1f} MiB)")

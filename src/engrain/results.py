@@ -38,7 +38,9 @@ def variant(kind: str, method: str, config: dict) -> str:
 
 def run_name(kind: str, method: str, cfg) -> str:
     """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
-    shots = "" if method in DOC_METHODS else f"-k{cfg.shots}"  # documents are not k examples
+    from engrain.tasks.documents import is_document_task
+
+    shots = "" if method in DOC_METHODS or is_document_task(cfg.task) else f"-k{cfg.shots}"  # documents are not k examples
     name = f"{cfg.task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}{shots}-s{cfg.seed}"
     if getattr(cfg, "train_data", None) and cfg.train_data != cfg.task:
         name += f"-from-{model_slug(cfg.train_data.rstrip('/'))}"

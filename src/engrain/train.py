@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from engrain.forward import encode_context, padding_side
 from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
 from engrain.names import DOC_METHODS
+from engrain.qa import score_questions
+from engrain.tasks.documents import is_document_task, load_document_task
 from engrain.params import ParamSpec, apply_params, trainable_summary
 from engrain.tasks import TaskSpec, get_task, load_split
 
@@ -41,17 +44,18 @@ class Run:
     its sets, the training data and its k examples, the model (fp32 master weights) and its prompts."""
 
     cfg: TrainConfig
-    spec: TaskSpec  # evaluated (with its out-of-domain partners)
-    train_spec: TaskSpec  # trained on (cfg.train_data, default the task itself)
+    spec: TaskSpec | None  # evaluated (with its out-of-domain partners); None for a document task
+    train_spec: TaskSpec | None  # trained on (cfg.train_data, default the task itself)
     sets: list  # [(spec, examples, label map)] evaluation sets
     exclude: set  # keys of every evaluation example: never trained on
     shots: list  # the k training examples
     acc: object  # accelerate.Accelerator
     lm: models.LoadedModel
     compute: torch.dtype  # what the matmuls run in (autocast)
-    prompter: Prompter  # training prompts (train_spec's format)
-    eval_prompter: Prompter  # evaluation prompts (spec's format)
+    prompter: Prompter | None  # training prompts (train_spec's format)
+    eval_prompter: Prompter | None  # evaluation prompts (spec's format)
     corpus: list | None = None  # documents to train on (cpt, cft), else None
+    qa: object | None = None  # a document task (tasks.documents.DocumentTask): evaluated by its questions, closed book
 
     @property
     def as_icl(self) -> bool:
@@ -67,7 +71,7 @@ class Run:
     @cached_property
     def bos(self) -> list[int]:
         """What precedes each student input that has no KV prefix: the tokenizer's BOS, if it adds one."""
-        return [] if self.as_icl else self.prompter.context_ids([])
+        return [] if self.as_icl else self.lm.tokenizer("", add_special_tokens=True)["input_ids"]
 
     @cached_property
     def context_ids(self) -> list[int]:
@@ -122,7 +126,7 @@ def train_model(cfg: TrainConfig):
     run.check_fits(run.virtual_tokens, [it["input_ids"] for it in method.items])
     loop = make_loop(run, method, attach_params(run))
     curve, measure = fit(run, loop)
-    final = evaluation_point(run, loop, run.sets, full=True)
+    final = evaluation_point(run, loop, run.qa.questions if run.qa else run.sets, full=True)
     record = make_record(run, method, loop, curve, final, measure)
     if run.acc.is_main_process and cfg.out:
         save_outputs(run, loop, record)
@@ -139,11 +143,13 @@ def prepare(cfg: TrainConfig) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    spec = get_task(cfg.task)
-    sets = eval_sets(spec, cfg)
+    qa = load_document_task(cfg.task, cfg.corpus, cfg.questions) if is_document_task(cfg.task) else None
+    spec = None if qa else get_task(cfg.task)
+    sets = [] if qa else eval_sets(spec, cfg)
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
-    if cfg.method in DOC_METHODS:  # documents, not labelled examples
-        train_spec, shots, corpus = spec, [], load_train_corpus(cfg.train_data)
+    if cfg.method in DOC_METHODS:  # documents, not labelled examples: the task's own, unless --train-data names others
+        train_spec, shots = spec, []
+        corpus = load_train_corpus(cfg.train_data) if cfg.train_data else qa.documents
     else:
         train_spec, corpus = get_task(cfg.train_data or cfg.task), None
         shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
@@ -153,10 +159,9 @@ def prepare(cfg: TrainConfig) -> Run:
     set_seed(cfg.seed)
     lm = models.load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
     lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
-    run = Run(cfg, spec, train_spec, sets, exclude, shots, acc, lm, compute,
-              Prompter(train_spec, train_spec.prompt_format(cfg.format, cfg.template), lm.tokenizer),
-              Prompter(spec, spec.prompt_format(cfg.format, cfg.template), lm.tokenizer), corpus)
-    if cfg.prefix_tokens > len(run.context_ids):
+    prompter = lambda s: Prompter(s, s.prompt_format(cfg.format, cfg.template), lm.tokenizer) if s else None  # noqa: E731
+    run = Run(cfg, spec, train_spec, sets, exclude, shots, acc, lm, compute, prompter(train_spec), prompter(spec), corpus, qa)
+    if run.as_icl and cfg.prefix_tokens > len(run.context_ids):
         raise EngrainError(f"--prefix-tokens {cfg.prefix_tokens} is more than the {len(run.context_ids)} tokens of the {len(shots)} demonstrations")
     run.check_fits(run.virtual_tokens + len(run.bos), [q for qs in run.eval_queries(sets).values() for q in qs])
     return run
@@ -180,8 +185,8 @@ def attach_params(run: Run) -> torch.nn.Module:
     cfg = run.cfg
     targets = tuple(t.strip() for t in cfg.target_modules.split(",")) if cfg.target_modules else None
     spec = ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, cfg.prefix_tokens)
-    cache = run.context_cache if run.as_icl else None
-    run.lm.model = apply_params(run.lm.model, spec, cache, len(run.context_ids))  # evaluation runs the adapted model
+    cache, n_ctx = (run.context_cache, len(run.context_ids)) if run.as_icl else (None, 0)
+    run.lm.model = apply_params(run.lm.model, spec, cache, n_ctx)  # evaluation runs the adapted model
     return run.lm.model
 
 
@@ -232,7 +237,7 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
     sample) every epoch or every cfg.eval_every steps. The meter is paused during evaluation points,
     so training's seconds and peak memory are training's alone."""
     cfg, acc = run.cfg, run.acc
-    sample = per_epoch_sets(run.sets, cfg)
+    sample = per_epoch_questions(run.qa.questions, cfg) if run.qa else per_epoch_sets(run.sets, cfg)
     curve: list[dict] = []
     bar = _bar(cfg.progress and acc.is_main_process, loop.total_steps)
     loop.model.train()
@@ -277,6 +282,13 @@ def per_epoch_sets(sets, cfg: TrainConfig):
     return [(s, stratified_sample(s, exs, cfg.eval_sample, cfg.sample_seed), m) for s, exs, m in sets]
 
 
+def per_epoch_questions(questions: list, cfg: TrainConfig) -> list:
+    """A document task's per-epoch sample: eval_sample questions drawn with the sample seed, in file order."""
+    if cfg.eval_sample is None or cfg.eval_sample >= len(questions):
+        return list(questions)
+    return [questions[i] for i in sorted(random.Random(cfg.sample_seed).sample(range(len(questions)), cfg.eval_sample))]
+
+
 def curve_point(run: Run, loop: Loop, sets, epoch: int) -> dict:
     """Mean training loss since the previous point, then an evaluation on the per-epoch sample."""
     mean_loss = sum(loop.losses) / len(loop.losses)
@@ -285,13 +297,18 @@ def curve_point(run: Run, loop: Loop, sets, epoch: int) -> dict:
 
 
 def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
-    """Score ``sets`` with an inference copy of the model in the compute dtype (as `engrain eval --adapter` does)."""
-    acc, unwrap = run.acc, run.acc.unwrap_model
+    """Score ``sets`` (a document task: its questions, closed book) with an inference copy of the model in the
+    compute dtype, as `engrain eval --adapter` does."""
+    unwrap = run.acc.unwrap_model
     loop.model.eval()
     scoring = models.inference_copy(unwrap(loop.model), run.compute)
-    metrics, measure = score_sets(run.lm, run.spec, sets, run.bos, run.eval_queries(sets), run.eval_prompter.verbalizer_ids(),
-                                  run.cfg, head=unwrap(loop.head) if loop.head else None, progress=run.cfg.progress and full,
-                                  prefix_tokens=run.virtual_tokens, model=scoring)
+    if run.qa is not None:
+        metrics, measure = score_questions(run.lm, sets, None, run.cfg.batch_size, model=scoring)
+        metrics, measure = {run.qa.name: metrics}, {run.qa.name: measure, "matmul_peak_tflops": measure["matmul_peak_tflops"]}
+    else:
+        metrics, measure = score_sets(run.lm, run.spec, sets, run.bos, run.eval_queries(sets), run.eval_prompter.verbalizer_ids(),
+                                      run.cfg, head=unwrap(loop.head) if loop.head else None, progress=run.cfg.progress and full,
+                                      prefix_tokens=run.virtual_tokens, model=scoring)
     del scoring
     loop.model.train()
     return {"metrics": metrics, "measure": measure}
@@ -304,7 +321,7 @@ def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, 
     record = base_record("train", cfg.method, cfg, run.lm)
     record["trainable_parameters"] = loop.summary
     record.update(method.record)
-    record["train_examples"] = [{"line": ex["line"], "label": run.train_spec.labels[ex["label"]]} for ex in run.shots]
+    record["train_examples"] = [{"line": ex["line"], "label": run.train_spec.labels[ex["label"]]} for ex in run.shots]  # [] for documents
     pairs = sum(causal_pairs(run.virtual_tokens, len(it["input_ids"])) for it in method.items) * cfg.epochs
     flops = training_flops(loop.flops, loop.tokens_seen, pairs)
     record["curve"] = curve
