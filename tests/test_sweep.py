@@ -190,3 +190,21 @@ def test_a_record_from_before_the_fixed_evaluation_sample_is_not_taken_as_done(t
     (tmp_path / "old.json").rename(tmp_path / "runs" / "eval-rte-icl-tiny-llama0-k4-s1-n6.json")
     with pytest.raises(EngrainError, match=r"records a run with a different config \(differs in: sample_seed\)"):
         run_sweep(f, echo=lambda *_: None, isolate=False)
+
+
+def test_a_document_task_sweep_skips_what_it_recorded(tiny_model_dir, tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"""out: {tmp_path / 'runs'}
+base: {{model: {tiny_model_dir}, task: facts, precision: fp32, progress: false, limit: 8}}
+runs:
+  - {{method: icl}}
+  - {{method: icl, open_book: true}}
+  - {{method: cpt, params: lora, epochs: 1, eval_sample: 4}}
+""")
+    names = [n for n, _ in plan(f)[1]]
+    assert names == ["eval-facts-closed-book-tiny-llama0-s0-n8", "eval-facts-open-book-tiny-llama0-s0-n8", "train-facts-cpt-lora-tiny-llama0-s0-n8"]
+    assert sorted(run_sweep(f, echo=lambda *_: None, isolate=False)) == sorted(names)
+    assert run_sweep(f, echo=lambda *_: None, isolate=False) == []
+    rows = summarize(load_records(tmp_path / "runs"))
+    assert [r["method"] for r in rows] == ["closed-book", "open-book", "cpt-lora"]
+    assert rows[1]["speed-up vs icl"] == "1.0" and rows[0]["speed-up vs icl"] == "-"

@@ -97,7 +97,7 @@ def evaluate_documents(cfg) -> dict:
 
     from engrain.models import inference_copy, load_model, resolve_dtype
     from engrain.params import load_trained, read_adapter_meta
-    from engrain.results import base_record, write_record
+    from engrain.results import base_record, eval_method, write_record
     from engrain.tasks.documents import load_document_task
 
     task = load_document_task(cfg.task, cfg.corpus, cfg.questions)  # files first: bad ones fail before the model loads
@@ -111,7 +111,7 @@ def evaluate_documents(cfg) -> dict:
     else:
         lm = load_model(cfg.model, cfg.precision, cfg.device)
     metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size)
-    record = base_record("eval", meta.get("method", "open-book" if cfg.open_book else "closed-book"), cfg, lm)
+    record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
     record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
     if cfg.out:
         record["path"] = str(write_record(record, cfg.out))

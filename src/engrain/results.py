@@ -36,6 +36,15 @@ def variant(kind: str, method: str, config: dict) -> str:
     return name
 
 
+def eval_method(cfg) -> str:
+    """What an evaluation without an adapter measures: ICL, or, on a document task, the closed or open book."""
+    from engrain.tasks.documents import is_document_task
+
+    if is_document_task(cfg.task):
+        return "open-book" if cfg.open_book else "closed-book"
+    return "icl"
+
+
 def run_name(kind: str, method: str, cfg) -> str:
     """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
     from engrain.tasks.documents import is_document_task

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engrain.config import NOT_MEASURED, EvalConfig, TrainConfig, from_dict, load_yaml
 from engrain.errors import EngrainError
-from engrain.results import run_name
+from engrain.results import eval_method, run_name
 
 
 def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
@@ -42,7 +42,7 @@ def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
             opts = {k.replace("-", "_"): v for k, v in opts.items()}
             if opts.get("method", "icl") == "icl":
                 cfg = _icl_config(path, entry, opts)
-                planned.append((run_name("eval", "icl", cfg), cfg))
+                planned.append((run_name("eval", eval_method(cfg), cfg), cfg))
             else:
                 cfg = from_dict(TrainConfig, opts, where=str(path))
                 planned.append((run_name("train", cfg.method, cfg), cfg))

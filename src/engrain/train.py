@@ -169,15 +169,9 @@ def prepare(cfg: TrainConfig) -> Run:
 
 def load_train_corpus(source: str) -> list:
     """A corpus path, or ``facts[:SEED]``: the documents of the generated benchmark (world seed, default 0)."""
-    from engrain import facts
     from engrain.documents import load_corpus
 
-    name, _, seed = source.partition(":")
-    if name == "facts":
-        if seed and not seed.isdigit():
-            raise EngrainError(f"--train-data facts:SEED takes an integer seed, got {seed!r}")
-        return facts.generate(int(seed or 0))[0]
-    return load_corpus(source)
+    return load_document_task(source).documents if source.split(":")[0] == "facts" else load_corpus(source)
 
 
 def attach_params(run: Run) -> torch.nn.Module:

@@ -37,7 +37,7 @@ def load_document_task(name: str, corpus: str | None = None, questions: str | No
         from engrain import facts
 
         if seed and not seed.isdigit():
-            raise EngrainError(f"--task facts:SEED takes an integer seed, got {seed!r}")
+            raise EngrainError(f"facts:SEED takes an integer seed (a generated world), got {seed!r}")
         docs, rows = facts.generate(int(seed or 0))
         qs = [Question(f"{name}:{i}", r["question"], tuple(r["choices"]), r["answer"], tuple(r["docs"]), r["type"])
               for i, r in enumerate(rows)]
