@@ -42,7 +42,7 @@ def test_yaml_config_and_flag_override(tiny_model_dir, data_dir, tmp_path, capsy
 
 def test_lists(capsys):
     code, out, _ = run(capsys, "tasks")
-    assert code == 0 and "paws-qqp" in out and "cola-ood" in out
+    assert code == 0 and "paws-qqp" in out and "cola-ood" in out and "facts[:SEED]" in out
     code, out, _ = run(capsys, "models")
     assert code == 0 and "smollm2-135m" in out and "gemma3-270m" in out
 

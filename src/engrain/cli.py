@@ -116,16 +116,25 @@ def cmd_tasks(args: argparse.Namespace) -> None:
             ", ".join(p.task for p in spec.ood) or "-", spec.description,
         )
     console().print(t)
+    from engrain.tasks.documents import DOC_TASKS
+
+    d = Table(title="document tasks: multiple-choice questions, closed book (--open-book: the documents in the prompt)")
+    d.add_column("task")
+    d.add_column("what")
+    for name, what in DOC_TASKS.items():
+        d.add_row(name + ("[:SEED]" if name == "facts" else ""), what)
+    console().print(d)
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="engrain", description="Teach a language model what a prompt would have told it.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    e = sub.add_parser("eval", help="in-context learning evaluation on a task and its out-of-domain partners")
+    e = sub.add_parser("eval", help="ICL on a task and its out-of-domain partners; a document task closed or open book; a trained --adapter")
     e.add_argument("--config", help="YAML file with the same option names; flags override it")
     add_config_flags(e, EvalConfig)
     e.set_defaults(func=cmd_eval)
-    t = sub.add_parser("train", help="few-shot fine-tuning (pbft / head; full / lora / bitfit / ia3), evaluated per epoch")
+    t = sub.add_parser("train", help="fine-tuning (pbft / head / distill on k examples, cpt / cft on documents; "
+                                     "full / lora / bitfit / ia3 / prefix), evaluated per epoch")
     t.add_argument("--config", help="YAML file with the same option names; flags override it")
     add_config_flags(t, TrainConfig, exclude=("adapter",))
     t.set_defaults(func=cmd_train)

@@ -8,7 +8,9 @@ from engrain.tasks.spec import OODPartner, PromptFormat, TaskSpec
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise unknown("task", name, TASKS)
+        from engrain.tasks.documents import DOC_TASKS
+
+        raise unknown("task", name, [*TASKS, *DOC_TASKS])
     return TASKS[name]
 
 
