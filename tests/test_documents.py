@@ -138,3 +138,21 @@ def test_answers_are_spread_over_positions():
     _, questions = facts.generate(0)
     counts = [sum(q["answer"] == i for q in questions) for i in range(4)]
     assert min(counts) > 0.15 * len(questions), counts
+
+
+def test_pubmedqa_trains_on_the_non_test_abstracts_and_asks_the_test_questions(data_dir):
+    from engrain.tasks.documents import load_document_task
+
+    task = load_document_task("pubmedqa", data_dir=data_dir)
+    assert len(task.documents) == 1000 and len(task.corpus) == 500 and len(task.questions) == 500
+    test = {q.doc_ids[0] for q in task.questions}
+    assert not test & {d.id for d in task.corpus}  # never train on a test abstract
+    q = task.questions[0]
+    assert q.choices == ("yes", "no", "maybe") and q.type == q.choices[q.answer] and q.doc_ids[0] in task.texts
+
+
+def test_pubmedqa_without_its_files_is_one_line(tmp_path):
+    from engrain.tasks.documents import load_document_task
+
+    with pytest.raises(EngrainError, match=r"--task pubmedqa needs .*ori_pqal\.json .*pass --data-dir or set ENGRAIN_DATA"):
+        load_document_task("pubmedqa", data_dir=tmp_path)

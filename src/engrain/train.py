@@ -143,13 +143,13 @@ def prepare(cfg: TrainConfig) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    qa = load_document_task(cfg.task, cfg.corpus, cfg.questions) if is_document_task(cfg.task) else None
+    qa = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir) if is_document_task(cfg.task) else None
     spec = None if qa else get_task(cfg.task)
     sets = [] if qa else eval_sets(spec, cfg)
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
     if cfg.method in DOC_METHODS:  # documents, not labelled examples: the task's own, unless --train-data names others
         train_spec, shots = spec, []
-        corpus = load_train_corpus(cfg.train_data) if cfg.train_data else qa.documents
+        corpus = load_train_corpus(cfg.train_data) if cfg.train_data else qa.corpus
     else:
         train_spec, corpus = get_task(cfg.train_data or cfg.task), None
         shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)

@@ -2,17 +2,22 @@
 with --open-book, with each question's documents in context).
 
     facts[:SEED]   the generated fictional-knowledge benchmark (engrain.facts; world seed, default 0)
+    pubmedqa       PubMedQA PQA-L: train on the abstracts of the 500 non-test PMIDs, answer the 500 test
+                   questions yes / no / maybe (open book: with their own abstract)
     qa             your own: --corpus (a folder of .txt/.md or a .jsonl of {id, text}) and --questions (JSONL)
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from engrain.documents import Document, Question, load_corpus, load_questions
 from engrain.errors import EngrainError
 
 DOC_TASKS = {"facts": "generated fictional people, organisations, places and products; verbatim, paraphrased and two-hop questions",
+             "pubmedqa": "PubMedQA PQA-L: the 500 non-test abstracts to learn, the 500 test questions (yes / no / maybe)",
              "qa": "your own documents (--corpus) and multiple-choice questions about them (--questions)"}
 
 
@@ -23,16 +28,45 @@ def is_document_task(name: str) -> bool:
 @dataclass
 class DocumentTask:
     name: str
-    documents: list[Document]
+    documents: list[Document]  # every document a question may name (open book)
     questions: list[Question]
+    train_documents: list[Document] | None = None  # what cpt/cft learn, when not all of them (PubMedQA: not the test abstracts)
+
+    @property
+    def corpus(self) -> list[Document]:
+        return self.train_documents if self.train_documents is not None else self.documents
 
     @property
     def texts(self) -> dict[str, str]:
         return {d.id: d.text for d in self.documents}
 
 
-def load_document_task(name: str, corpus: str | None = None, questions: str | None = None) -> DocumentTask:
+def load_pubmedqa(data_dir: str | Path | None) -> DocumentTask:
+    """PQA-L from a folder laid out like ../shared/data (pubmedqa/ori_pqal.json and test_ground_truth.json,
+    as in the pubmedqa/pubmedqa repository): the official test split is the PMIDs of test_ground_truth.json."""
+    from engrain.tasks.loaders import default_data_dir
+
+    folder = Path(data_dir or default_data_dir() or ".") / "pubmedqa"
+    files = [folder / "ori_pqal.json", folder / "test_ground_truth.json"]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise EngrainError(f"--task pubmedqa needs {missing[0]} (pubmedqa/pubmedqa's data/ori_pqal.json and "
+                           "test_ground_truth.json): pass --data-dir or set ENGRAIN_DATA")
+    try:
+        items, test = (json.loads(f.read_text(encoding="utf-8")) for f in files)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EngrainError(f"{folder}: not valid PubMedQA JSON ({e})") from None
+    choices = ("yes", "no", "maybe")
+    docs = {pmid: Document(pmid, "\n\n".join(item["CONTEXTS"])) for pmid, item in items.items()}
+    questions = [Question(f"pubmedqa:{pmid}", items[pmid]["QUESTION"], choices, choices.index(answer), (pmid,), answer)
+                 for pmid, answer in test.items()]
+    return DocumentTask("pubmedqa", list(docs.values()), questions, [d for pmid, d in docs.items() if pmid not in test])
+
+
+def load_document_task(name: str, corpus: str | None = None, questions: str | None = None, data_dir=None) -> DocumentTask:
     base, _, seed = name.partition(":")
+    if base == "pubmedqa":
+        return load_pubmedqa(data_dir)
     if base == "facts":
         from engrain import facts
 
