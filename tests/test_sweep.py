@@ -207,4 +207,5 @@ runs:
     assert run_sweep(f, echo=lambda *_: None, isolate=False) == []
     rows = summarize(load_records(tmp_path / "runs"))
     assert [r["method"] for r in rows] == ["closed-book", "open-book", "cpt-lora"]
-    assert rows[1]["speed-up vs icl"] == "1.0" and rows[0]["speed-up vs icl"] == "-"
+    assert rows[1]["speed-up vs icl"] == "1.0" and rows[0]["speed-up vs icl"] == "-" and rows[2]["speed-up vs icl"] != "-"
+    assert {r["k"] for r in rows} == {"-"}  # no demonstrations in a document task

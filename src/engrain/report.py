@@ -120,10 +120,13 @@ def group_runs(records: list[dict]) -> list[tuple[dict, list[dict]]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         groups[json.dumps(_settings(r), sort_keys=True, default=str)].append(r)
+    from engrain.tasks.documents import is_document_task
+
     named: dict[tuple, list[dict]] = defaultdict(list)
     for rs in groups.values():
         c = rs[0]["config"]
-        named[(c["model"], c["task"], variant(rs[0]["kind"], rs[0]["method"], c), c["shots"])].append(rs)
+        k = "-" if is_document_task(c["task"]) else c["shots"]  # a document task has no demonstrations
+        named[(c["model"], c["task"], variant(rs[0]["kind"], rs[0]["method"], c), k)].append(rs)
     out = []
     first = {m: i for i, m in enumerate(BASELINES)}  # per model, task and k: the baselines, then the rest by name
     for (model, task, name, shots) in sorted(named, key=lambda g: (g[0], g[1], g[3], first.get(g[2], len(first)), g[2])):
