@@ -15,13 +15,13 @@ Every problem with a file is a one-line :class:`EngrainError` naming the file (a
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from engrain.errors import EngrainError
+from engrain.tasks.loaders import jsonl_rows
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -79,22 +79,9 @@ def _read_text(f: Path) -> str:
         raise EngrainError(f"{f}: cannot read it ({e.strerror})") from None
 
 
-def _jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EngrainError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise EngrainError(f"{path}:{n}: expected a JSON object per line")
-        yield n, row
-
-
 def _jsonl_documents(path: Path) -> Iterable[Document]:
     seen: set[str] = set()
-    for n, row in _jsonl(path):
+    for n, row in jsonl_rows(path):
         if not isinstance(row.get("text"), str):
             raise EngrainError(f"{path}:{n}: a document needs \"text\" (a string)")
         doc_id = str(row.get("id", f"{path.name}:{n}"))
@@ -158,7 +145,7 @@ def load_questions(path: str | Path, doc_ids: Iterable[str] | None = None) -> li
         raise EngrainError(f"questions file not found: {p}")
     known = set(doc_ids) if doc_ids is not None else None
     out = []
-    for n, row in _jsonl(p):
+    for n, row in jsonl_rows(p):
         where = f"{p}:{n}"
         q, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
         if not isinstance(q, str) or not q.strip():

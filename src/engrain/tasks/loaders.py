@@ -27,9 +27,9 @@ def default_data_dir() -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def _rows(path: Path, src: LocalSource) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row dict) from one file."""
-    if src.reader == "jsonl":
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) from a JSON-lines file; blank lines skipped; one-line errors."""
+    try:
         with path.open(encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
@@ -41,6 +41,14 @@ def _rows(path: Path, src: LocalSource) -> Iterator[tuple[int, dict]]:
                 if not isinstance(row, dict):
                     raise EngrainError(f"{path}:{n}: expected a JSON object per line")
                 yield n, row
+    except UnicodeDecodeError as e:
+        raise EngrainError(f"{path}: not UTF-8 text (byte {e.start}); convert it, e.g. iconv -t utf-8") from None
+
+
+def _rows(path: Path, src: LocalSource) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, row dict) from one file."""
+    if src.reader == "jsonl":
+        yield from jsonl_rows(path)
     elif src.reader == "json_dict":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
