@@ -57,13 +57,6 @@ class EvalConfig:
         from engrain.tasks.documents import is_document_task
 
         _coerce_numbers(self)
-        if is_document_task(self.task):
-            return self._validate_document_task()
-        spec = get_task(self.task)
-        spec.prompt_format(self.format, self.template)
-        if self.adapter is not None:
-            self.shots = 0
-        _at_least("shots", self.shots, 0)
         for name in ("seed", "sample_seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -75,6 +68,13 @@ class EvalConfig:
             _at_least("sample", self.sample, 1)
         if self.precision not in PRECISIONS:
             raise EngrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if is_document_task(self.task):
+            return self._validate_document_task()
+        spec = get_task(self.task)
+        spec.prompt_format(self.format, self.template)
+        if self.adapter is not None:
+            self.shots = 0
+        _at_least("shots", self.shots, 0)
         if self.shots > 0 and "train" not in spec.splits:
             raise EngrainError(
                 f"task {self.task} has no train split to draw demonstrations from; use --shots 0, "
@@ -89,9 +89,6 @@ class EvalConfig:
                 raise EngrainError("--task qa needs --corpus (your documents) and --questions (multiple-choice questions about them)")
             if path is not None and not Path(path).exists():
                 raise EngrainError(f"--{name} not found: {path}")
-        _at_least("batch_size", self.batch_size, 1)
-        if self.precision not in PRECISIONS:
-            raise EngrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def _coerce_numbers(cfg: Any) -> None:

@@ -148,10 +148,8 @@ def map_predictions(pred: torch.Tensor, spec: TaskSpec, target: TaskSpec, label_
 def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate ICL with k demonstrations, or a model saved by ``engrain train`` (``cfg.adapter``),
     on the task and its out-of-domain partners; return the record (also written under ``cfg.out``)."""
-    from engrain.models import inference_copy, load_model, resolve_dtype
-    from engrain.params import load_trained, read_adapter_meta
+    from engrain.params import read_adapter_meta
     from engrain.results import base_record, write_record
-
     from engrain.tasks.documents import is_document_task
 
     cfg.validate()
@@ -170,13 +168,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
     demos = sample_few_shot(spec, load_split(spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude) if cfg.shots else []
 
-    head = None
-    if cfg.adapter:  # rebuilt in fp32, then the same inference copy as training evaluated
-        lm, head, meta = load_trained(cfg.adapter, cfg.device)
-        lm.dtype = resolve_dtype(cfg.precision, lm.device)
-        lm.model = inference_copy(lm.model, lm.dtype)
-    else:
-        lm = load_model(cfg.model, cfg.precision, cfg.device)
+    lm, head, meta = load_for_eval(cfg)
     prompter = Prompter(spec, fmt, lm.tokenizer)
     verb = prompter.verbalizer_ids()
     prefix_tokens = meta.get("prefix_tokens", 0)
@@ -196,6 +188,21 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.out:
         record["path"] = str(write_record(record, cfg.out))
     return record
+
+
+def load_for_eval(cfg) -> tuple:
+    """(model, classification head or None, adapter metadata or {}): ``cfg.model`` in ``cfg.precision``, or,
+    with ``cfg.adapter``, the trained model rebuilt in fp32 and copied to the compute dtype, exactly as
+    training's own evaluations ran it."""
+    from engrain.models import inference_copy, load_model, resolve_dtype
+    from engrain.params import load_trained
+
+    if not cfg.adapter:
+        return load_model(cfg.model, cfg.precision, cfg.device), None, {}
+    lm, head, meta = load_trained(cfg.adapter, cfg.device)
+    lm.dtype = resolve_dtype(cfg.precision, lm.device)
+    lm.model = inference_copy(lm.model, lm.dtype)
+    return lm, head, meta
 
 
 def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, head=None, progress=None,

@@ -61,20 +61,16 @@ def choice_scores(model, tokenizer, questions: Sequence[Question], documents: di
 
 def qa_metrics(questions: Sequence[Question], scores) -> dict:
     """Accuracy (length-normalised prediction), unnormalised accuracy, chance, and both per question type."""
-    def acc(sel, normalised: bool) -> float:
-        hits = [max(range(len(s)), key=lambda c: s[c] / n[c] if normalised else s[c]) == questions[i].answer
-                for i, (s, n) in enumerate(scores) if sel(questions[i])]
-        return sum(hits) / len(hits)
+    right = [(max(range(len(s)), key=lambda c: s[c] / n[c]) == q.answer, max(range(len(s)), key=s.__getitem__) == q.answer)
+             for q, (s, n) in zip(questions, scores)]  # (normalised, summed) hit per question
 
-    types = sorted({q.type for q in questions})
-    return {
-        "n": len(questions),
-        "accuracy": acc(lambda q: True, True),
-        "accuracy_unnormalised": acc(lambda q: True, False),
-        "chance": sum(1 / len(q.choices) for q in questions) / len(questions),
-        "by_type": {t: {"n": sum(q.type == t for q in questions), "accuracy": acc(lambda q: q.type == t, True),
-                        "accuracy_unnormalised": acc(lambda q: q.type == t, False)} for t in types},
-    }
+    def acc(kind: str | None) -> dict:
+        hits = [h for q, h in zip(questions, right) if kind is None or q.type == kind]
+        return {"n": len(hits), "accuracy": sum(a for a, _ in hits) / len(hits),
+                "accuracy_unnormalised": sum(b for _, b in hits) / len(hits)}
+
+    return {**acc(None), "chance": sum(1 / len(q.choices) for q in questions) / len(questions),
+            "by_type": {t: acc(t) for t in sorted({q.type for q in questions})}}
 
 
 def score_questions(lm, questions: Sequence[Question], documents: dict[str, str] | None, batch_size: int = 16,
@@ -95,21 +91,16 @@ def evaluate_documents(cfg) -> dict:
     or open-book (--open-book: each question's documents in context)."""
     import dataclasses
 
-    from engrain.models import inference_copy, load_model, resolve_dtype
-    from engrain.params import load_trained, read_adapter_meta
+    from engrain.evaluation import load_for_eval
+    from engrain.params import read_adapter_meta
     from engrain.results import base_record, eval_method, write_record
     from engrain.tasks.documents import load_document_task
 
     task = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir)  # files first: bad ones fail before the model loads
     questions = task.questions[: cfg.limit] if cfg.limit else task.questions
-    meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
-    if meta:
-        cfg = dataclasses.replace(cfg, model=meta["base_model"])
-        lm, _, meta = load_trained(cfg.adapter, cfg.device)
-        lm.dtype = resolve_dtype(cfg.precision, lm.device)
-        lm.model = inference_copy(lm.model, lm.dtype)
-    else:
-        lm = load_model(cfg.model, cfg.precision, cfg.device)
+    if cfg.adapter:  # the record names the model actually evaluated
+        cfg = dataclasses.replace(cfg, model=read_adapter_meta(cfg.adapter)["base_model"])
+    lm, _, meta = load_for_eval(cfg)
     metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size)
     record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
     record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
