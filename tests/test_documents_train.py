@@ -172,7 +172,7 @@ def test_your_own_corpus_and_questions(tiny_model_dir, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["eval", "--task", "qa"], r"--task qa needs --corpus \(your documents\) and --questions"),
     (["eval", "--task", "facts", "--questions", "/no/q.jsonl"], r"--questions not found: /no/q.jsonl"),
-    (["train", "--task", "facts", "--method", "pbft"], r"--task facts is a document task: train on it with --method cpt or cft"),
+    (["train", "--task", "facts", "--method", "pbft"], r"--task facts is a document task: train on it with --method cpt, cft or distill"),
     (["eval", "--task", "facts:x", "--out", ""], r"facts:SEED takes an integer seed \(a generated world\), got 'x'"),
 ])
 def test_document_task_errors_are_one_line(capsys, argv, message):

@@ -91,6 +91,19 @@ class EvalConfig:
                 raise EngrainError(f"--{name} not found: {path}")
 
 
+def trains_on_documents(method: str, task: str, train_data: str | None) -> bool:
+    """cpt and cft always train on documents; distill does on a document task, or when --train-data is
+    a corpus (a path, or facts) rather than a task name."""
+    from engrain.tasks.documents import is_document_task
+    from engrain.tasks.registry import TASKS
+
+    if method in DOC_METHODS:
+        return True
+    if method != "distill":
+        return False
+    return is_document_task(task) if train_data is None else train_data.split(":")[0] not in TASKS
+
+
 def _coerce_numbers(cfg: Any) -> None:
     """Make every numeric field a number of its type, or fail naming the key.
 
@@ -185,7 +198,7 @@ class TrainConfig(EvalConfig):
     method: str = opt("pbft", "pbft (pattern + verbaliser), head (new classification head), distill (context distillation), "
                               "cpt (continued pre-training on documents) or cft (Contextual Fine-Tuning on documents)")
     params: str = opt("lora", "which parameters train: full, lora, bitfit, ia3 or prefix (a KV prefix initialised from the k examples)")
-    epochs: int | None = opt(None, "epochs over the training data (preset: 40; distill 4; cpt/cft 10)")
+    epochs: int | None = opt(None, "epochs over the training data (preset: 40; distill 4; on documents 10)")
     lr: float | None = opt(None, "peak learning rate (preset: full 1e-5, lora 2e-4, bitfit 1e-4, ia3 3e-3)")
     warmup_ratio: float | None = opt(None, "share of steps with linear warmup (preset: 0.5)")
     schedule: str = opt("linear", "after warmup: linear (decay to 0) or constant")
@@ -209,7 +222,11 @@ class TrainConfig(EvalConfig):
     kl: str = opt("forward", "distill: forward KL(teacher || student) or reverse KL(student || teacher)")
     temperature: float = opt(1.0, "distill: softmax temperature T of teacher and student (loss scaled by T^2)")
     alpha: float = opt(0.0, "distill: weight of cross-entropy on the gold labels (0: pure distillation; 1: PBFT on the transfer set)")
-    chunk_tokens: int = opt(256, "cpt/cft: documents longer than this are split on paragraph / sentence boundaries")
+    samples_per_chunk: int = opt(4, "distill on documents: texts the teacher generates per chunk (one per seed prompt: questions, a "
+                                 "continuation, a summary, key facts, ...)")
+    gen_tokens: int = opt(96, "distill on documents: tokens generated per text")
+    gen_temperature: float = opt(0.7, "distill on documents: sampling temperature of the generated texts (0: greedy)")
+    chunk_tokens: int = opt(256, "cpt/cft/distill on documents: documents longer than this are split on paragraph / sentence boundaries")
     cft_prompts: str = opt("contextual", "cft: the prompts put before each document: contextual (the paper's ten styles), negative or random (the ablations)")
     cft_prompts_file: str | None = opt(None, "cft: your own prompts, one per line (instead of --cft-prompts)")
 
@@ -230,15 +247,15 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--prefix-tokens applies to --params prefix, not {self.params}")
         if self.prefix_tokens != 0:
             _at_least("prefix_tokens", self.prefix_tokens, 2, "0 (the whole context) or ")
-        preset = {**PRESETS[self.params], **{"distill": DISTILL_PRESET, "cpt": DOC_PRESET, "cft": DOC_PRESET}.get(self.method, {})}
+        preset = {**PRESETS[self.params], **(DOC_PRESET if self.on_documents else DISTILL_PRESET if self.method == "distill" else {})}
         for name, value in preset.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         super().validate()
-        if self.method in DOC_METHODS:
+        if self.on_documents:
             self._validate_documents()
         elif is_document_task(self.task):
-            raise EngrainError(f"--task {self.task} is a document task: train on it with --method cpt or cft")
+            raise EngrainError(f"--task {self.task} is a document task: train on it with --method cpt, cft or distill")
         elif self.train_data is not None:
             source, target = get_task(self.train_data), get_task(self.task)
             if source.labels != target.labels:
@@ -265,6 +282,12 @@ class TrainConfig(EvalConfig):
         if self.method == "distill":
             self._validate_distill()
 
+    @property
+    def on_documents(self) -> bool:
+        """Whether this run trains on documents (cpt, cft; distill on a document task or a corpus) rather
+        than on labelled examples."""
+        return trains_on_documents(self.method, self.task, self.train_data)
+
     def _validate_documents(self) -> None:
         from engrain.tasks.documents import is_document_task
 
@@ -275,12 +298,25 @@ class TrainConfig(EvalConfig):
         if self.params == "prefix":
             raise EngrainError(f"--params prefix is initialised from a context; --method {self.method} has none (use full, lora, bitfit or ia3)")
         _at_least("chunk_tokens", self.chunk_tokens, 8)
+        if self.method == "distill":
+            _at_least("samples_per_chunk", self.samples_per_chunk, 1)
+            _at_least("gen_tokens", self.gen_tokens, 1)
+            if self.gen_temperature < 0:
+                raise EngrainError(f"--gen-temperature must be >= 0, got {self.gen_temperature!r}")
+            if self.alpha:
+                raise EngrainError("--alpha weighs gold labels; documents have none (distill on documents is pure distillation)")
         if self.cft_prompts not in CFT_PROMPTS:
             raise EngrainError(f"--cft-prompts must be one of {', '.join(CFT_PROMPTS)}, got {self.cft_prompts!r}")
         if self.cft_prompts_file is not None and not Path(self.cft_prompts_file).is_file():
             raise EngrainError(f"prompts file not found: {self.cft_prompts_file}")
 
     def _validate_distill(self) -> None:
+        if self.on_documents:  # the top-k KL on generated text; transfer / distill_loss / kl / temperature do not apply
+            _at_least("topk", self.topk, 1)
+            if self.temperature != 1:
+                raise EngrainError("--temperature applies to distillation on labelled examples; on documents the teacher's "
+                                   "top-k distribution is matched as it is (see --gen-temperature for sampling)")
+            return
         choices = {"transfer": ("pool", "shots"), "distill_loss": ("verbalizer", "topk"), "kl": ("forward", "reverse")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -140,3 +140,49 @@ def continuation_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch
     cols = torch.arange(1, ids.shape[1], device=ids.device)
     scored = (cols[None, :] >= starts[:, None]) & mask[:, 1:].bool()  # (B, T-1)
     return (logp * scored).sum(-1), scored.sum(-1)
+
+
+@torch.no_grad()
+def sample_with_topk(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None,
+                     pad_id: int, topk: int, temperature: float = 1.0, generator: torch.Generator | None = None):
+    """Sample a continuation of each prompt (a batch, left-padded, decoded with the KV cache) and keep,
+    at every generated position, the model's top-``topk`` next-token log-probabilities (full-vocabulary
+    log-softmax at temperature 1, whatever ``temperature`` the sampling uses): the distribution each
+    generated token was drawn from, so a distillation teacher needs no second pass over its own text.
+
+    Returns per prompt (generated ids, topk log-probs (n, K), topk ids (n, K)); a row stops after its
+    EOS (kept: the teacher predicted it) or at ``max_new_tokens``. ``temperature`` 0 decodes greedily.
+    """
+    from transformers import DynamicCache
+
+    dev = model.device
+    ids, mask = pad(prompts, pad_id, "left")  # every row ends at the last column: the next token is one column for all
+    ids, mask = ids.to(dev), mask.to(dev)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=DynamicCache(), use_cache=True,
+                logits_to_keep=1)
+    n, done = len(prompts), torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+    tokens, values, indices = [], [], []
+    for _ in range(max_new_tokens):
+        logp = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
+        v, i = logp.topk(topk, dim=-1)
+        if temperature > 0:
+            probs = (logp / temperature).softmax(-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(dev)
+        else:
+            nxt = logp.argmax(-1)
+        nxt = nxt.masked_fill(done, pad_id)
+        tokens.append(nxt.cpu()), values.append(v.cpu()), indices.append(i.cpu())
+        mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+        done = done | (nxt == eos_id) if eos_id is not None else done
+        if bool(done.all()):
+            break
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],
+                    past_key_values=out.past_key_values, use_cache=True)
+    tokens, values, indices = torch.stack(tokens, 1), torch.stack(values, 1), torch.stack(indices, 1)  # (B, S), (B, S, K)
+    results = []
+    for b in range(n):
+        length = len(tokens[b])
+        if eos_id is not None and (tokens[b] == eos_id).any():
+            length = int((tokens[b] == eos_id).nonzero()[0]) + 1
+        results.append((tokens[b, :length].tolist(), values[b, :length], indices[b, :length]))
+    return results

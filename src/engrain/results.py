@@ -9,8 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from engrain.config import trains_on_documents
 from engrain.errors import EngrainError
-from engrain.names import DOC_METHODS
 
 
 def model_slug(name: str) -> str:
@@ -20,6 +20,8 @@ def model_slug(name: str) -> str:
 
 # The options a distillation comparison varies: (field, default, tag in the name) when not default.
 DISTILL_OPTIONS = [("transfer", "pool", "t-"), ("distill_loss", "verbalizer", ""), ("kl", "forward", ""), ("temperature", 1.0, "T"), ("alpha", 0.0, "a")]
+# ... and distillation of documents (its transfer set is generated).
+DOC_DISTILL_OPTIONS = [("samples_per_chunk", 4, "n"), ("gen_tokens", 96, "g"), ("gen_temperature", 0.7, "gt"), ("topk", 32, "top")]
 
 
 def variant(kind: str, method: str, config: dict) -> str:
@@ -32,7 +34,8 @@ def variant(kind: str, method: str, config: dict) -> str:
     if method == "cft" and (config.get("cft_prompts_file") or config.get("cft_prompts", "contextual") != "contextual"):
         name += "-own-prompts" if config.get("cft_prompts_file") else f"-{config['cft_prompts']}"  # the paper's ablations
     if method == "distill":  # an option missing from an older record counts as its default
-        name += "".join(f"-{tag}{config.get(f, default)}" for f, default, tag in DISTILL_OPTIONS if config.get(f, default) != default)
+        options = DOC_DISTILL_OPTIONS if trains_on_documents(method, config["task"], config.get("train_data")) else DISTILL_OPTIONS
+        name += "".join(f"-{tag}{config.get(f, default)}" for f, default, tag in options if config.get(f, default) != default)
     return name
 
 
@@ -49,7 +52,8 @@ def run_name(kind: str, method: str, cfg) -> str:
     """A readable, deterministic name: the same config gives the same name (sweeps skip done runs)."""
     from engrain.tasks.documents import is_document_task
 
-    shots = "" if method in DOC_METHODS or is_document_task(cfg.task) else f"-k{cfg.shots}"  # documents are not k examples
+    on_documents = is_document_task(cfg.task) or (kind == "train" and trains_on_documents(method, cfg.task, cfg.train_data))
+    shots = "" if on_documents else f"-k{cfg.shots}"  # documents are not k examples
     name = f"{cfg.task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}{shots}-s{cfg.seed}"
     if getattr(cfg, "train_data", None) and cfg.train_data != cfg.task:
         name += f"-from-{model_slug(cfg.train_data.rstrip('/'))}"

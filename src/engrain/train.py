@@ -31,7 +31,6 @@ from engrain.evaluation import check_fits, eval_sets, score_sets
 from engrain.forward import encode_context, padding_side
 from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
-from engrain.names import DOC_METHODS
 from engrain.qa import score_questions
 from engrain.tasks.documents import is_document_task, load_document_task
 from engrain.params import ParamSpec, apply_params, trainable_summary
@@ -54,7 +53,7 @@ class Run:
     compute: torch.dtype  # what the matmuls run in (autocast)
     prompter: Prompter | None  # training prompts (train_spec's format)
     eval_prompter: Prompter | None  # evaluation prompts (spec's format)
-    corpus: list | None = None  # documents to train on (cpt, cft), else None
+    corpus: list | None = None  # documents to train on (cpt, cft, distill on documents), else None
     qa: object | None = None  # a document task (tasks.documents.DocumentTask): evaluated by its questions, closed book
 
     @property
@@ -147,7 +146,7 @@ def prepare(cfg: TrainConfig) -> Run:
     spec = None if qa else get_task(cfg.task)
     sets = [] if qa else eval_sets(spec, cfg)
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
-    if cfg.method in DOC_METHODS:  # documents, not labelled examples: the task's own, unless --train-data names others
+    if cfg.on_documents:  # documents, not labelled examples: the task's own, unless --train-data names others
         train_spec, shots = spec, []
         corpus = load_train_corpus(cfg.train_data) if cfg.train_data else qa.corpus
     else:

@@ -76,7 +76,12 @@ class Distill:
     @classmethod
     def build(cls, run) -> "Distill":
         """The transfer set, and the teacher's outputs on it: the base model with the demonstrations as
-        context (refused before any compute when a query after the context does not fit the window)."""
+        context (refused before any compute when a query after the context does not fit the window).
+        On documents: engrain.methods.distill_docs (the teacher reads each chunk; it generates the transfer set)."""
+        if run.corpus is not None:
+            from engrain.methods.distill_docs import DocumentDistill
+
+            return DocumentDistill.build(run)
         cfg = run.cfg
         inputs = transfer_set(cfg, run.train_spec, run.shots, run.exclude)
         queries = run.prompter.query_ids(inputs, with_context=True)

@@ -1,0 +1,134 @@
+"""Context distillation of documents: a teacher with the chunk in context generates the transfer set
+(batched, KV-cached sampling) and its top-k distributions are the student's targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engrain.config import TrainConfig
+from engrain.errors import EngrainError
+from engrain.forward import sample_with_topk
+from engrain.methods import build_method, collate
+from engrain.methods.distill_docs import SEEDS, topk_kl
+from engrain.train import prepare, train_model
+
+from test_documents_train import TEXTS, corpus, doc_cfg  # noqa: F401  (the corpus fixture)
+
+
+def test_sampled_targets_are_the_model_distribution_at_each_generated_token(tiny_any_dir):
+    """The top-k log-probs kept while sampling (left-padded batch, KV cache) equal those of one unpadded
+    forward pass over prompt + generated text: the teacher needs no second pass. The Gemma 3 prompts
+    are longer than its 8-token sliding window."""
+    from engrain.models import load_model
+
+    lm = load_model(str(tiny_any_dir), precision="fp32", device="cpu")
+    tok, model = lm.tokenizer, lm.model
+    texts = ["The cat sat on the mat. A dog ran in the park.", "Is this true?", "A dog ran in the park. The cat sat on the mat. Yes"]
+    prompts = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
+    outs = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 1.0, torch.Generator().manual_seed(0))
+    for prompt, (ids, values, indices) in zip(prompts, outs):
+        assert len(ids) == 12 and values.shape == indices.shape == (12, 5)
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([prompt + ids])).logits[0].float().log_softmax(-1)
+        ref_values, ref_ids = logp[len(prompt) - 1 : len(prompt) - 1 + len(ids)].topk(5, dim=-1)
+        torch.testing.assert_close(values, ref_values, atol=1e-4, rtol=1e-4)
+        assert torch.equal(indices, ref_ids)
+    again = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 1.0, torch.Generator().manual_seed(0))
+    assert [o[0] for o in again] == [o[0] for o in outs]  # seeded
+    greedy = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 0.0)
+    assert all(g[0] == g[2][:, 0].tolist() for g in greedy)  # temperature 0: each token is the top-1
+
+
+def test_sampling_stops_each_row_at_its_eos(tiny):
+    tok = tiny.tokenizer
+    prompts = [tok("Is this true?")["input_ids"], tok("The cat sat")["input_ids"]]
+    first = sample_with_topk(tiny.model, prompts, 6, None, tok.pad_token_id, 3, 0.0)
+    eos = first[0][0][2]  # pretend the third greedy token of row 0 is the EOS
+    outs = sample_with_topk(tiny.model, prompts, 6, eos, tok.pad_token_id, 3, 0.0)
+    assert outs[0][0] == first[0][0][:3] and len(outs[0][1]) == 3  # the EOS is kept, nothing after it
+    cut = first[1][0].index(eos) + 1 if eos in first[1][0] else 6
+    assert outs[1][0] == first[1][0][:cut]
+
+
+def test_transfer_items_hold_the_seed_and_generated_text_never_the_chunk(tiny_model_dir, data_dir, tmp_path, corpus):
+    cfg = doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", samples_per_chunk=3, gen_tokens=10, chunk_tokens=24)
+    run = prepare(cfg)
+    method = build_method("distill", run)
+    tok = run.lm.tokenizer
+    assert len(method.items) == 3 * len(run.chunks) and len(run.chunks) > 2
+    seeds = set(SEEDS)
+    for item, (values, ids) in zip(method.items, method.targets):
+        head = [t for t, m in zip(item["input_ids"], item["loss_mask"]) if not m]
+        assert tok.decode(head, skip_special_tokens=True) in seeds  # BOS and a seed prompt: no chunk text
+        n = sum(item["loss_mask"])
+        assert 1 <= n <= 10 and values.shape == ids.shape == (n, cfg.topk)  # one target per generated token
+        assert item["loss_mask"][-n:] == [1] * n
+    t = method.record["teacher"]
+    assert t["samples"] == len(method.items) and t["generated_tokens"] == sum(sum(it["loss_mask"]) for it in method.items)
+    assert t["seconds"] > 0 and t["generated_tokens_per_s"] > 0
+    assert build_method("distill", prepare(cfg)).transfer_texts(tok) == method.transfer_texts(tok)  # seeded
+
+
+def test_the_loss_is_zero_when_the_student_is_the_teacher_it_was_given(tiny_model_dir, data_dir, tmp_path, corpus):
+    """Replace the targets by the student's own top-k at each generated token: a mean KL of 0 shows the
+    targets line up with the positions the loss reads (in a padded batch of different lengths)."""
+    run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", samples_per_chunk=2, gen_tokens=8, topk=6))
+    method = build_method("distill", run)
+    model, items = run.lm.model, list(method.items)[:5]
+    batch = collate(items, run.lm.tokenizer.pad_token_id, "left")
+    with torch.no_grad():
+        assert method.loss(model, batch).item() > 1e-3  # the teacher had the chunk; the student has not
+        for it in items:
+            logp = model(input_ids=torch.tensor([it["input_ids"]])).logits[0, :-1].log_softmax(-1)
+            rows = torch.tensor(it["loss_mask"][1:]).bool()
+            method.targets[it["index"]] = logp[rows].topk(6, dim=-1)
+        assert abs(method.loss(model, batch).item()) < 1e-5
+
+
+def test_topk_kl_is_a_divergence():
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 50)
+    values, ids = teacher.log_softmax(-1).topk(8, dim=-1)
+    assert topk_kl(values, ids, teacher).item() == pytest.approx(0, abs=1e-6)  # the student is the teacher
+    assert topk_kl(values, ids, teacher + 3).item() == pytest.approx(0, abs=1e-6)  # logits, not log-probs
+    only_top = torch.full((4, 50), -30.0).scatter(1, ids, values)  # the top 8 in the teacher's proportions, no tail
+    assert topk_kl(values, ids, only_top).item() > 0.1  # the teacher's mass beyond its top 8 counts
+    assert topk_kl(values, ids, torch.randn(4, 50)).item() > 0.1
+
+
+def test_distill_documents_end_to_end(tiny_model_dir, data_dir, tmp_path, corpus):
+    rec, _, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", epochs=4, gen_tokens=12))
+    assert rec["name"].startswith("train-rte-distill-lora-g12-tiny-llama0-s0-from-corpus")
+    assert rec["teacher"]["generated_tokens"] > 0 and rec["corpus"]["documents"] == 2
+    losses = [c["loss"] for c in rec["curve"]]
+    assert losses[-1] < losses[0], losses
+    assert set(rec["metrics"]) == {"rte", "hans"}
+
+
+def test_distill_on_a_document_task(tiny_model_dir, tmp_path):
+    cfg = TrainConfig(model=str(tiny_model_dir), task="facts", method="distill", epochs=1, gen_tokens=6, samples_per_chunk=1,
+                      eval_sample=8, precision="fp32", out=str(tmp_path), progress=False, save=False)
+    assert cfg.on_documents and cfg.epochs == 1
+    rec, _, _ = train_model(cfg)
+    assert rec["name"] == "train-facts-distill-lora-n1-g6-tiny-llama0-s0" and rec["metrics"]["facts"]["n"] == 248
+
+
+@pytest.mark.parametrize("kw,documents", [({"task": "facts"}, True), ({"train_data": "facts"}, True), ({"train_data": "mnli"}, False),
+                                          ({}, False)])
+def test_which_distill_runs_train_on_documents(kw, documents):
+    cfg = TrainConfig(**{"model": "x", "method": "distill", **kw})
+    assert cfg.on_documents is documents
+    assert cfg.epochs == (10 if documents else 4)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"alpha": 0.5}, r"--alpha weighs gold labels; documents have none"),
+    ({"gen_tokens": 0}, r"--gen-tokens must be an integer >= 1"),
+    ({"samples_per_chunk": 0}, r"--samples-per-chunk must be an integer >= 1"),
+    ({"gen_temperature": -1}, r"--gen-temperature must be >= 0"),
+    ({"temperature": 2.0}, r"--temperature applies to distillation on labelled examples"),
+])
+def test_bad_document_distill_options(kw, message):
+    with pytest.raises(EngrainError, match=message):
+        TrainConfig(**{"model": "x", "method": "distill", "task": "facts", **kw})
