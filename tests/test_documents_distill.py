@@ -52,18 +52,18 @@ def test_sampling_stops_each_row_at_its_eos(tiny):
 
 
 def test_transfer_items_hold_the_seed_and_generated_text_never_the_chunk(tiny_model_dir, data_dir, tmp_path, corpus):
-    cfg = doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", samples_per_chunk=3, gen_tokens=10, chunk_tokens=24)
+    cfg = doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", samples_per_chunk=len(SEEDS), gen_tokens=10, chunk_tokens=24)
     run = prepare(cfg)
     method = build_method("distill", run)
     tok = run.lm.tokenizer
-    assert len(method.items) == 3 * len(run.chunks) and len(run.chunks) > 2
-    seeds = set(SEEDS)
+    assert len(method.items) == len(SEEDS) * len(run.chunks) and len(run.chunks) > 2
+    seeds = set(SEEDS) - {""} | {"\n\n"}  # the continuation seed: the student reads the blank line the teacher saw
     for item, (values, ids) in zip(method.items, method.targets):
         head = [t for t, m in zip(item["input_ids"], item["loss_mask"]) if not m]
         assert tok.decode(head, skip_special_tokens=True) in seeds  # BOS and a seed prompt: no chunk text
         n = sum(item["loss_mask"])
         assert 1 <= n <= 10 and values.shape == ids.shape == (n, cfg.topk)  # one target per generated token
-        assert item["loss_mask"][-n:] == [1] * n
+        assert item["loss_mask"][-n:] == [1] * n and item["loss_mask"][0] == 0  # a target has a token before it
     t = method.record["teacher"]
     assert t["samples"] == len(method.items) and t["generated_tokens"] == sum(sum(it["loss_mask"]) for it in method.items)
     assert t["seconds"] > 0 and t["generated_tokens_per_s"] > 0

@@ -40,10 +40,8 @@ def topk_kl(teacher_logp: torch.Tensor, teacher_ids: torch.Tensor, student_logit
     ((N, K) full-vocabulary log-probs and ids) and the rest of the vocabulary as one, against the
     student's probabilities of the same (from its (N, V) logits). It is >= 0, and 0 when the student's
     distribution equals the teacher's (the top K exactly, the rest in total)."""
-    s_all = student_logits.log_softmax(-1)
-    s_top = s_all.gather(1, teacher_ids)
-    s_rest = s_all.scatter(1, teacher_ids, float("-inf")).logsumexp(-1, keepdim=True)  # log P(any other token)
-    t_rest = (1 - teacher_logp.exp().sum(-1, keepdim=True)).clamp(min=1e-8).log()
+    s_top = student_logits.gather(1, teacher_ids) - student_logits.logsumexp(-1, keepdim=True)  # no (N, V) log-softmax copy
+    s_rest, t_rest = ((1 - lp.exp().sum(-1, keepdim=True)).clamp(min=1e-8).log() for lp in (s_top, teacher_logp))  # log P(any other)
     t, s = torch.cat([teacher_logp, t_rest], -1), torch.cat([s_top, s_rest], -1)
     return (t.exp() * (t - s)).sum(-1).mean()
 
@@ -78,7 +76,7 @@ class DocumentDistill:
                     generated[i] = o
         items, targets = [], []
         for (c, s), (ids, values, indices) in zip(pairs, generated):
-            head = run.bos + seeds[s]
+            head = run.bos + (seeds[s] or sep)  # the continuation seed: the blank line the teacher saw after the chunk
             items.append({"input_ids": head + ids, "loss_mask": [0] * len(head) + [1] * len(ids)})
             targets.append((values, indices))
         method = cls(items, targets)
