@@ -180,3 +180,40 @@ def test_document_task_errors_are_one_line(capsys, argv, message):
 
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
+
+
+# ---------------------------------------------------------------------------- forgetting
+
+
+def test_heldout_perplexity_is_padding_independent(tiny, data_dir):
+    import math
+
+    from engrain.forgetting import WINDOW, heldout_ids, perplexity
+
+    windows = heldout_ids(tiny.tokenizer, data_dir, max_tokens=1500)
+    assert len(windows) == 3 and all(len(w) <= WINDOW for w in windows) and sum(map(len, windows)) >= 1500
+    windows = windows[:2] + [windows[2][:40]]  # rows of different lengths in one padded batch
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            logp = tiny.model(input_ids=torch.tensor([w])).logits[0, :-1].log_softmax(-1)
+            nll -= logp.gather(1, torch.tensor(w[1:])[:, None]).sum().item()
+            n += len(w) - 1
+    assert perplexity(tiny.model, windows, tiny.tokenizer.pad_token_id, batch_size=3) == pytest.approx(math.exp(nll / n), rel=1e-4)
+
+
+def test_forgetting_is_measured_before_and_after_training(tiny_model_dir, data_dir, tmp_path, corpus):
+    from engrain import forgetting
+    from engrain.models import load_model
+
+    rec, model, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cpt", epochs=3, forgetting=True, save=False))
+    f = rec["forgetting"]
+    lm = load_model(str(tiny_model_dir), precision="fp32", device="cpu")
+    base = forgetting.measure(lm.model, lm, data_dir)
+    assert f["before"]["heldout_perplexity"] == pytest.approx(base["heldout_perplexity"], rel=1e-4)
+    assert f["before"]["rte_icl16_accuracy"] == base["rte_icl16_accuracy"]
+    model.eval()
+    after = forgetting.measure(model, lm, data_dir)
+    assert f["after"]["heldout_perplexity"] == pytest.approx(after["heldout_perplexity"], rel=1e-4)
+    assert f["after"]["heldout_perplexity"] != pytest.approx(f["before"]["heldout_perplexity"], rel=1e-3)  # LoRA at lr 3e-2 moved it
+    assert 0 <= f["after"]["rte_icl16_accuracy"] <= 1 and f["before"]["heldout_tokens"] > 4000

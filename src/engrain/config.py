@@ -229,6 +229,8 @@ class TrainConfig(EvalConfig):
     chunk_tokens: int = opt(256, "cpt/cft/distill on documents: documents longer than this are split on paragraph / sentence boundaries")
     cft_prompts: str = opt("contextual", "cft: the prompts put before each document: contextual (the paper's ten styles), negative or random (the ablations)")
     cft_prompts_file: str | None = opt(None, "cft: your own prompts, one per line (instead of --cft-prompts)")
+    forgetting: bool = opt(False, "also measure, before and after training, RTE 16-shot ICL accuracy and perplexity on held-out "
+                                  "text (MNLI premises): what training cost elsewhere")
 
     def validate(self) -> None:
         from engrain.tasks import get_task

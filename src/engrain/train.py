@@ -121,12 +121,15 @@ def train_model(cfg: TrainConfig):
     """As :func:`train`, also returning the trained model and classification head (or None)."""
     cfg.validate()
     run = prepare(cfg)
+    before = forgetting_point(run, run.lm.model) if cfg.forgetting else None
     method = build_method(cfg.method, run)
     run.check_fits(run.virtual_tokens, [it["input_ids"] for it in method.items])
     loop = make_loop(run, method, attach_params(run))
     curve, measure = fit(run, loop)
     final = evaluation_point(run, loop, run.qa.questions if run.qa else run.sets, full=True)
     record = make_record(run, method, loop, curve, final, measure)
+    if before is not None:
+        record["forgetting"] = {"before": before, "after": forgetting_point(run, run.acc.unwrap_model(loop.model))}
     if run.acc.is_main_process and cfg.out:
         save_outputs(run, loop, record)
     run.acc.wait_for_everyone()
@@ -305,6 +308,18 @@ def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
     del scoring
     loop.model.train()
     return {"metrics": metrics, "measure": measure}
+
+
+def forgetting_point(run: Run, model: torch.nn.Module) -> dict:
+    """RTE 16-shot ICL and held-out perplexity (engrain.forgetting) with an inference copy of ``model``."""
+    from engrain import forgetting
+
+    was_training = model.training
+    model.eval()
+    scoring = models.inference_copy(model, run.compute)
+    out = forgetting.measure(scoring, run.lm, run.cfg.data_dir, run.cfg.batch_size)
+    model.train(was_training)
+    return out
 
 
 def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, meter: Meter) -> dict:
