@@ -62,6 +62,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     run_sweep(args.file, dry_run=args.dry_run)
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from engrain.job import main_spec, print_rows, run_main
+
+    result = run_main(main_spec(args.out, args.model, args.seed, args.config), args.config or "engrain run", dry_run=args.dry_run)
+    if result is not None:
+        print_rows(result["rows"])
+        print(f"report: {result['report']}\nplot: {result['plot']}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from engrain.report import markdown, summarize
     from engrain.results import load_records
@@ -142,6 +151,14 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("file")
     sw.add_argument("--dry-run", action="store_true", help="list the runs without running them")
     sw.set_defaults(func=cmd_sweep)
+    r = sub.add_parser("run", help="the main job: learn the facts benchmark's documents into the model by cpt, cft and distill, "
+                                   "against closed and open book; a table, report.md and a plot (resumes)")
+    r.add_argument("--out", help="output folder (default: runs/main)")
+    r.add_argument("--model", help="model (default: smollm2-135m)")
+    r.add_argument("--seed", type=int, help="training seed (default: 0)")
+    r.add_argument("--config", help="an experiment file (the sweep YAML format) instead of the default experiment")
+    r.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+    r.set_defaults(func=cmd_run)
     rp = sub.add_parser("report", help="mean ± std over seeds of the run records in a folder, as a markdown table")
     rp.add_argument("folder")
     rp.add_argument("--into", help="a markdown file: replace its <!-- table:FOLDERNAME --> section instead of printing")

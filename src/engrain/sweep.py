@@ -25,7 +25,11 @@ from engrain.results import eval_method, run_name
 
 def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
     """(out folder, [(record name, config)] without duplicates, reuse folders), all validated."""
-    spec = load_yaml(path)
+    return plan_spec(load_yaml(path), path)
+
+
+def plan_spec(spec: dict, path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
+    """:func:`plan` of an experiment given as a dict (``path`` names it in errors)."""
     unknown_keys = set(spec) - {"out", "base", "grid", "runs", "reuse"}
     if unknown_keys:
         raise EngrainError(f"{path}: unknown top-level key {sorted(unknown_keys)[0]!r}; expected out, base, grid, runs, reuse")
@@ -144,9 +148,13 @@ def run_isolated(name: str, cfg) -> None:
 def run_sweep(path: str | Path, dry_run: bool = False, echo=print, isolate: bool = True) -> list[str]:
     """Run what is not done yet, each run in its own process unless ``isolate`` is false; returns the
     names run (or, with dry_run, that would run)."""
+    return run_planned(*plan(path), dry_run=dry_run, echo=echo, isolate=isolate)
+
+
+def run_planned(out: Path, planned: list, folders: list[Path], dry_run: bool = False, echo=print, isolate: bool = True) -> list[str]:
+    """:func:`run_sweep` of a plan (:func:`plan_spec`)."""
     from engrain.results import read_record, write_record
 
-    out, planned, folders = plan(path)
     todo = [(n, c) for n, c in planned if not check_done(out / f"{n}.json", c)]
     reused = {n: src for n, c in todo if (src := reusable(n, c, folders))}
     for src in reused.values():
