@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/engrain eval --model smollm2-135m --task rte --shots 16 --seed 0 --out runs
+	$(BIN)/engrain run --out runs/main
 
 test: setup
 	$(BIN)/python -m pytest -q

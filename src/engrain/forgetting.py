@@ -23,8 +23,8 @@ ICL_TASK, ICL_SHOTS, ICL_SEED = "rte", 16, 0
 HELDOUT_TASK, HELDOUT_FIELD, HELDOUT_TOKENS, WINDOW = "mnli", "premise", 4096, 512
 
 
-def heldout_ids(tokenizer, data_dir=None, max_tokens: int = HELDOUT_TOKENS) -> list[list[int]]:
-    """The held-out text as windows of at most WINDOW tokens (BOS first, where the tokenizer adds one)."""
+def heldout_tokens(tokenizer, data_dir=None, max_tokens: int = HELDOUT_TOKENS) -> list[int]:
+    """The first ``max_tokens`` tokens of the held-out text (MNLI validation premises, deduplicated, in file order)."""
     spec = get_task(HELDOUT_TASK)
     seen, ids = set(), []
     for ex in load_split(spec, "validation", data_dir):
@@ -35,9 +35,14 @@ def heldout_ids(tokenizer, data_dir=None, max_tokens: int = HELDOUT_TOKENS) -> l
         ids += tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"]
         if len(ids) >= max_tokens:
             break
+    return ids[:max_tokens]
+
+
+def heldout_ids(tokenizer, data_dir=None, max_tokens: int = HELDOUT_TOKENS) -> list[list[int]]:
+    """The held-out text as windows of at most WINDOW tokens (BOS first, where the tokenizer adds one)."""
+    ids = heldout_tokens(tokenizer, data_dir, max_tokens)
     bos = tokenizer("", add_special_tokens=True)["input_ids"]
     width = WINDOW - len(bos)
-    ids = ids[:max_tokens]
     return [bos + ids[i : i + width] for i in range(0, len(ids), width)]
 
 

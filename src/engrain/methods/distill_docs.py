@@ -46,6 +46,21 @@ def topk_kl(teacher_logp: torch.Tensor, teacher_ids: torch.Tensor, student_logit
     return (t.exp() * (t - s)).sum(-1).mean()
 
 
+def generate(run, prompts: list[list[int]]) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(generated ids, top-k log-probs, top-k ids) per prompt, sampled in batches of similar length (little padding)."""
+    cfg, tok = run.cfg, run.lm.tokenizer
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list = [None] * len(prompts)
+    for b in range(0, len(order), cfg.batch_size):
+        idx = order[b : b + cfg.batch_size]
+        batch = sample_with_topk(run.lm.model, [prompts[i] for i in idx], cfg.gen_tokens, tok.eos_token_id, tok.pad_token_id,
+                                 cfg.topk, cfg.gen_temperature, generator)
+        for i, o in zip(idx, batch):
+            out[i] = o
+    return out
+
+
 class DocumentDistill:
     name = "distill"
     head = None
@@ -64,16 +79,8 @@ class DocumentDistill:
                  for j in range(cfg.samples_per_chunk)]
         prompts = [run.bos + encode(run.chunks[c].text) + sep + seeds[s] for c, s in pairs]
         run.check_fits(0, [p + [0] * cfg.gen_tokens for p in prompts])
-        generator = torch.Generator().manual_seed(cfg.seed)
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together: little padding
-        generated: list = [None] * len(prompts)
         with Meter(run.lm.device) as m, run.autocast():
-            for b in range(0, len(order), cfg.batch_size):
-                idx = order[b : b + cfg.batch_size]
-                outs = sample_with_topk(run.lm.model, [prompts[i] for i in idx], cfg.gen_tokens, tok.eos_token_id, tok.pad_token_id,
-                                        cfg.topk, cfg.gen_temperature, generator)
-                for i, o in zip(idx, outs):
-                    generated[i] = o
+            generated = generate(run, prompts)
         items, targets = [], []
         for (c, s), (ids, values, indices) in zip(pairs, generated):
             head = run.bos + (seeds[s] or sep)  # the continuation seed: the blank line the teacher saw after the chunk
@@ -83,7 +90,8 @@ class DocumentDistill:
         new = sum(len(ids) for ids, _, _ in generated)
         method.record["teacher"] = {"seconds": m.seconds, "peak_memory_mb": m.peak_mb, "samples": len(prompts),
                                     "prompt_tokens": sum(map(len, prompts)), "generated_tokens": new,
-                                    "generated_tokens_per_s": new / max(m.seconds, 1e-9), "topk": cfg.topk}
+                                    "generated_tokens_per_s": new / max(m.seconds, 1e-9), "topk": cfg.topk,
+                                    "examples": method.transfer_texts(tok)[:3]}  # what the student reads, to look at
         method.record["corpus"] = {"source": cfg.train_data, "documents": len({c.doc_id for c in run.chunks}),
                                    "chunks": len(run.chunks), "chunk_tokens": cfg.chunk_tokens}
         return method
