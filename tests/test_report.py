@@ -31,3 +31,35 @@ def test_an_option_missing_from_an_older_record_counts_as_its_default():
     old = record(1, 0.7)
     new = record(0, 0.5, sample_seed=0)
     assert len(summarize([old, new])) == 1
+
+
+def test_forgetting_columns_appear_where_it_was_measured():
+    assert "RTE 16-shot after" not in summarize([record(0, 0.5)])[0]
+    probe = lambda acc, ppl: {"rte_icl16_accuracy": acc, "heldout_perplexity": ppl}  # noqa: E731
+    runs = [{**record(s, 0.5, forgetting=True), "forgetting": {"before": probe(0.6, 20.0), "after": probe(a, p)}}
+            for s, a, p in ((0, 0.5, 21.0), (1, 0.7, 23.0))]
+    rows = summarize(runs + [record(0, 0.4)])
+    by_forgetting = {"differs" in r and r["differs"]: r for r in rows}
+    measured = by_forgetting["forgetting=True"]
+    assert measured["RTE 16-shot after"] == "0.600 ± 0.141" and measured["held-out ppl after"] == "22.000 ± 1.414"
+    assert by_forgetting["forgetting=False"]["RTE 16-shot after"] == "-"
+
+
+def test_a_document_distillation_record_prints_its_generation_and_forgetting():
+    from rich.console import Console
+
+    from engrain.report import print_eval
+
+    qa = {"n": 4, "accuracy": 0.5, "accuracy_unnormalised": 0.25, "chance": 0.25, "by_type": {"verbatim": {"n": 4, "accuracy": 0.5, "accuracy_unnormalised": 0.25}}}
+    probe = lambda acc, ppl: {"rte_icl16_accuracy": acc, "heldout_perplexity": ppl}  # noqa: E731
+    rec = {"kind": "train", "method": "distill", "config": {"model": "m", "task": "facts", "seed": 0}, "metrics": {"facts": qa},
+           "measure": {"facts": {"ms_per_question": 5.0, "peak_memory_mb": 9.0},
+                       "train": {"steps": 3, "seconds": 30.0, "tokens_per_s": 100.0, "mfu": 0.1, "peak_memory_mb": 20.0}},
+           "trainable_parameters": {"trainable": 10, "share": 0.01}, "curve": [],
+           "teacher": {"samples": 8, "generated_tokens": 400, "seconds": 10.0, "generated_tokens_per_s": 40.0},
+           "forgetting": {"before": probe(0.55, 20.0), "after": probe(0.52, 21.5)}}
+    con = Console(record=True, width=200)
+    print_eval(rec, con)
+    text = con.export_text()
+    assert "transfer set: 8 texts, 400 tokens generated in 10.0 s (40 tokens/s, 25% of the run's adaptation time)" in text
+    assert "forgetting: RTE 16-shot ICL 0.550 -> 0.520 | held-out perplexity 20.00 -> 21.50" in text

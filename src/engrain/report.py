@@ -74,6 +74,15 @@ def print_eval(record: dict, con: Console | None = None) -> None:
             f"train: {tr['steps']} steps in {tr['seconds']:.1f} s | {tr['tokens_per_s']:.0f} tokens/s | MFU {tr['mfu']:.1%} | "
             f"peak {tr['peak_memory_mb']:.0f} MB | trainable {tp['trainable']:,} ({tp['share']:.3%})"
         )
+        if "generated_tokens" in record.get("teacher", {}):  # distillation of documents: its transfer set was generated
+            g = record["teacher"]
+            con.print(f"transfer set: {g['samples']} texts, {g['generated_tokens']} tokens generated in {g['seconds']:.1f} s "
+                      f"({g['generated_tokens_per_s']:.0f} tokens/s, {g['seconds'] / (g['seconds'] + tr['seconds']):.0%} of the run's "
+                      "adaptation time)")
+        if "forgetting" in record:
+            b, a = record["forgetting"]["before"], record["forgetting"]["after"]
+            con.print(f"forgetting: RTE 16-shot ICL {b['rte_icl16_accuracy']:.3f} -> {a['rte_icl16_accuracy']:.3f} | "
+                      f"held-out perplexity {b['heldout_perplexity']:.2f} -> {a['heldout_perplexity']:.2f}")
         for point in record["curve"]:
             accs = "  ".join(f"{k} {v['accuracy']:.3f}" for k, v in point["metrics"].items())  # classification or QA
             con.print(f"  epoch {point['epoch']:>3} step {point['step']:>4} loss {point['loss']:.4f}  {accs}")
@@ -163,6 +172,10 @@ def summarize(records: list[dict]) -> list[dict]:
         teacher = [r["teacher"]["seconds"] for r in rs if "teacher" in r]
         if teacher or any(r["method"] == "distill" for r in records):  # the column only where distillation is compared
             row["teacher s"] = f"{statistics.median(teacher):.0f}" if teacher else "-"
+        if any("forgetting" in r for r in records):  # the columns only where forgetting was measured
+            probes = [r["forgetting"]["after"] for r in rs if "forgetting" in r]
+            row["RTE 16-shot after"] = _mean_std([p["rte_icl16_accuracy"] for p in probes])
+            row["held-out ppl after"] = _mean_std([p["heldout_perplexity"] for p in probes])
         peaks = [r["measure"]["train"]["peak_memory_mb"] if "train" in r["measure"] else max(
             v["peak_memory_mb"] for v in r["measure"].values() if isinstance(v, dict) and "peak_memory_mb" in v) for r in rs]
         row["peak MB"] = f"{max(peaks):.0f}"
