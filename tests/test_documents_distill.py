@@ -132,3 +132,62 @@ def test_which_distill_runs_train_on_documents(kw, documents):
 def test_bad_document_distill_options(kw, message):
     with pytest.raises(EngrainError, match=message):
         TrainConfig(**{"model": "x", "method": "distill", "task": "facts", **kw})
+
+
+# ---------------------------------------------------------------------------- KV-prefix students on documents
+
+
+def test_a_prefix_student_starts_as_the_corpus_in_context(tiny_model_dir, data_dir, tmp_path, corpus):
+    """--params prefix on documents: the prefix is initialised from the KV of BOS + the corpus + a blank line,
+    so closed book at step 0 scores each choice exactly as the base model does with the corpus before the question."""
+    from engrain.documents import Question
+    from engrain.forward import continuation_logprobs
+    from engrain.qa import choice_scores, prompt_text
+    from engrain.train import attach_params
+
+    run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cpt", params="prefix"))
+    base, tok = run.lm.model, run.lm.tokenizer
+    ctx = run.context_ids
+    assert tok.decode(ctx, skip_special_tokens=True) == TEXTS["alpha.txt"] + "\n\n" + TEXTS["beta.md"] + "\n\n"
+    questions = [Question("q0", "Where is Tessaline Works based?", ("Dreust", "Zithe", "Orrin"), 0),
+                 Question("q1", "Mira Olt maps the salt", ("coast", "river"), 0)]
+    with torch.no_grad():
+        want = []
+        for q in questions:
+            prompt = ctx + tok(prompt_text(q), add_special_tokens=False)["input_ids"]
+            sums = []
+            for c in q.choices:
+                ids = prompt + tok(" " + c, add_special_tokens=False)["input_ids"]
+                s, _ = continuation_logprobs(base, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([len(prompt)]))
+                sums.append(s.item())
+            want.append(sums)
+        plain = [s for s, _ in choice_scores(base, tok, questions)]  # the model alone, without the corpus
+        student = attach_params(run)
+        got = [s for s, _ in choice_scores(student, tok, questions, bos=False)]
+    assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)) < 1e-3
+    assert max(abs(a - b) for g, w in zip(plain, want) for a, b in zip(g, w)) > 1e-2  # the corpus changes the scores
+
+
+@pytest.mark.parametrize("method", ["cpt", "distill"])
+def test_prefix_students_train_on_documents_and_round_trip(tiny_model_dir, tmp_path, method):
+    from engrain import EvalConfig, evaluate
+
+    cfg = TrainConfig(model=str(tiny_model_dir), task="facts", method=method, params="prefix", prefix_tokens=64, epochs=1, lr=1e-2,
+                      eval_sample=8, gen_tokens=6, samples_per_chunk=1, precision="fp32", out=str(tmp_path), progress=False)
+    rec, _, _ = train_model(cfg)
+    assert "-prefix-p64" in rec["name"] and rec["trainable_parameters"]["trainable"] > 0
+    ev = evaluate(EvalConfig(task="facts", adapter=rec["adapter"]["path"], precision="fp32", out="", progress=False))
+    assert ev["metrics"]["facts"] == rec["metrics"]["facts"]  # the saved prefix answers as training ended
+    with pytest.raises(EngrainError, match="is a KV prefix: it starts with its own context; evaluate it closed book"):
+        evaluate(EvalConfig(task="facts", adapter=rec["adapter"]["path"], open_book=True, out="", progress=False))
+
+
+def test_a_corpus_longer_than_the_window_needs_prefix_tokens(tiny_model_dir, data_dir, tmp_path):
+    from engrain.models import load_model
+
+    window = load_model(str(tiny_model_dir), precision="fp32", device="cpu").max_length
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "a.txt").write_text(("The cat sat on the mat. " * 40 + "\n\n") * (window // 100))
+    with pytest.raises(EngrainError, match=r"--params prefix starts as the whole corpus in context: \d+ tokens, more than the model's window"):
+        train_model(TrainConfig(model=str(tiny_model_dir), task="rte", method="cpt", params="prefix", train_data=str(tmp_path / "big"),
+                                ood=False, limit=2, precision="fp32", out="", progress=False, data_dir=str(data_dir)))

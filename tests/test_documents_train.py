@@ -84,7 +84,6 @@ def test_cft_with_your_own_prompts_and_the_facts_corpus(tiny_model_dir, data_dir
 @pytest.mark.parametrize("kw,message", [
     ({"train_data": None}, r"--method cpt trains on documents: give --train-data CORPUS"),
     ({"train_data": "/no/such/corpus"}, r"corpus not found: /no/such/corpus"),
-    ({"params": "prefix"}, r"--params prefix is initialised from a context; --method cpt has none"),
     ({"chunk_tokens": 4}, r"--chunk-tokens must be an integer >= 8"),
     ({"cft_prompts": "kind"}, r"--cft-prompts must be one of contextual, negative, random"),
     ({"cft_prompts_file": "/no/prompts.txt"}, r"prompts file not found"),

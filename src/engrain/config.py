@@ -297,8 +297,6 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--method {self.method} trains on documents: give --train-data CORPUS (a folder, a .jsonl file, or facts)")
         if self.train_data is not None and self.train_data.split(":")[0] != "facts" and not Path(self.train_data).exists():
             raise EngrainError(f"corpus not found: {self.train_data} (expected a folder of .txt/.md files, a .jsonl file, or facts)")
-        if self.params == "prefix":
-            raise EngrainError(f"--params prefix is initialised from a context; --method {self.method} has none (use full, lora, bitfit or ia3)")
         _at_least("chunk_tokens", self.chunk_tokens, 8)
         if self.method == "distill":
             _at_least("samples_per_chunk", self.samples_per_chunk, 1)

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from engrain.documents import Question
+from engrain.errors import EngrainError
 from engrain.forward import continuation_logprobs, encode_context, pad, repeat_cache
 from engrain.measure import Meter, matmul_peak
 
@@ -25,10 +26,11 @@ def prompt_text(q: Question) -> str:
 
 @torch.no_grad()
 def choice_scores(model, tokenizer, questions: Sequence[Question], documents: dict[str, str] | None = None,
-                  batch_size: int = 16) -> list[tuple[list[float], list[int]]]:
+                  batch_size: int = 16, bos: bool = True) -> list[tuple[list[float], list[int]]]:
     """Per question: (summed log-prob of each choice, its token count). With ``documents`` (id -> text)
-    each question is asked after its own documents (open book); without, after BOS alone (closed book)."""
-    bos = tokenizer("", add_special_tokens=True)["input_ids"]
+    each question is asked after its own documents (open book); without, after BOS alone (closed book),
+    or, with ``bos`` false, after nothing: a KV-prefix model's prefix holds BOS and comes first."""
+    bos = tokenizer("", add_special_tokens=True)["input_ids"] if bos else []
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, q in enumerate(questions):
         groups[q.doc_ids if documents is not None else ()].append(i)
@@ -74,13 +76,13 @@ def qa_metrics(questions: Sequence[Question], scores) -> dict:
 
 
 def score_questions(lm, questions: Sequence[Question], documents: dict[str, str] | None, batch_size: int = 16,
-                    model=None) -> tuple[dict, dict]:
+                    model=None, bos: bool = True) -> tuple[dict, dict]:
     """Metrics and cost of answering ``questions`` with ``model`` (default ``lm.model``) in ``lm.dtype``;
-    with ``documents``, open book."""
+    with ``documents``, open book; ``bos`` false for a KV-prefix model (:func:`choice_scores`)."""
     model = model if model is not None else lm.model
     peak = matmul_peak(lm.device, lm.dtype)
     with Meter(lm.device) as m, torch.autocast(lm.device.type, dtype=lm.dtype, enabled=lm.dtype != torch.float32):
-        scores = choice_scores(model, lm.tokenizer, questions, documents, batch_size)
+        scores = choice_scores(model, lm.tokenizer, questions, documents, batch_size, bos)
     measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000, "peak_memory_mb": m.peak_mb,
                "open_book": documents is not None, "matmul_peak_tflops": peak / 1e12}
     return qa_metrics(questions, scores), measure
@@ -101,7 +103,10 @@ def evaluate_documents(cfg) -> dict:
     if cfg.adapter:  # the record names the model actually evaluated
         cfg = dataclasses.replace(cfg, model=read_adapter_meta(cfg.adapter)["base_model"])
     lm, _, meta = load_for_eval(cfg)
-    metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size)
+    if meta.get("prefix_tokens") and cfg.open_book:
+        raise EngrainError(f"{cfg.adapter} is a KV prefix: it starts with its own context; evaluate it closed book (without --open-book)")
+    metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size,
+                                       bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
     record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
     record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
     if cfg.out:

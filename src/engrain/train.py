@@ -59,7 +59,8 @@ class Run:
     @property
     def as_icl(self) -> bool:
         """A prefix student starts as the ICL prompt: its KV prefix holds the context (BOS included), so
-        its queries are the ICL queries (with the separator)."""
+        its queries are the ICL queries (with the separator). On documents it starts as the open book
+        with the whole corpus in the prompt."""
         return self.cfg.params == "prefix"
 
     @property
@@ -68,13 +69,25 @@ class Run:
         return (self.cfg.prefix_tokens or len(self.context_ids)) if self.as_icl else 0
 
     @cached_property
+    def bos_ids(self) -> list[int]:
+        """The tokenizer's BOS, if it adds one (what starts every sequence the base model reads)."""
+        return self.lm.tokenizer("", add_special_tokens=True)["input_ids"]
+
+    @cached_property
     def bos(self) -> list[int]:
-        """What precedes each student input that has no KV prefix: the tokenizer's BOS, if it adds one."""
-        return [] if self.as_icl else self.lm.tokenizer("", add_special_tokens=True)["input_ids"]
+        """What precedes each student input: BOS, unless a KV prefix (which holds it) comes first."""
+        return [] if self.as_icl else self.bos_ids
 
     @cached_property
     def context_ids(self) -> list[int]:
-        """The k examples as ICL demonstrations: the distillation teacher's context, the prefix's initialisation."""
+        """The k examples as ICL demonstrations: the distillation teacher's context, the prefix's initialisation.
+        On documents (the prefix's initialisation): BOS, the corpus's documents and a blank line, as open book
+        reads them, so that a question follows directly."""
+        if self.corpus is not None:
+            from engrain.qa import SEPARATOR
+
+            tok = lambda text: self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            return self.bos_ids + tok(SEPARATOR.join(d.text for d in self.corpus)) + tok(SEPARATOR)
         return self.prompter.context_ids(self.shots)
 
     @cached_property
@@ -164,7 +177,11 @@ def prepare(cfg: TrainConfig) -> Run:
     prompter = lambda s: Prompter(s, s.prompt_format(cfg.format, cfg.template), lm.tokenizer) if s else None  # noqa: E731
     run = Run(cfg, spec, train_spec, sets, exclude, shots, acc, lm, compute, prompter(train_spec), prompter(spec), corpus, qa)
     if run.as_icl and cfg.prefix_tokens > len(run.context_ids):
-        raise EngrainError(f"--prefix-tokens {cfg.prefix_tokens} is more than the {len(run.context_ids)} tokens of the {len(shots)} demonstrations")
+        what = "the corpus" if corpus is not None else f"the {len(shots)} demonstrations"
+        raise EngrainError(f"--prefix-tokens {cfg.prefix_tokens} is more than the {len(run.context_ids)} tokens of {what}")
+    if run.as_icl and corpus is not None and lm.max_length and len(run.context_ids) > lm.max_length and not cfg.prefix_tokens:
+        raise EngrainError(f"--params prefix starts as the whole corpus in context: {len(run.context_ids)} tokens, more than the "
+                           f"model's window of {lm.max_length}; give --prefix-tokens N (its first N tokens)")
     run.check_fits(run.virtual_tokens + len(run.bos), [q for qs in run.eval_queries(sets).values() for q in qs])
     return run
 
@@ -299,7 +316,7 @@ def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
     loop.model.eval()
     scoring = models.inference_copy(unwrap(loop.model), run.compute)
     if run.qa is not None:
-        metrics, measure = score_questions(run.lm, sets, None, run.cfg.batch_size, model=scoring)
+        metrics, measure = score_questions(run.lm, sets, None, run.cfg.batch_size, model=scoring, bos=not run.as_icl)
         metrics, measure = {run.qa.name: metrics}, {run.qa.name: measure, "matmul_peak_tflops": measure["matmul_peak_tflops"]}
     else:
         metrics, measure = score_sets(run.lm, run.spec, sets, run.bos, run.eval_queries(sets), run.eval_prompter.verbalizer_ids(),

@@ -77,7 +77,7 @@ class DocumentDistill:
         rng = random.Random(cfg.seed)
         pairs = [(c, (start + j) % len(SEEDS)) for c, start in ((c, rng.randrange(len(SEEDS))) for c in range(len(run.chunks)))
                  for j in range(cfg.samples_per_chunk)]
-        prompts = [run.bos + encode(run.chunks[c].text) + sep + seeds[s] for c, s in pairs]
+        prompts = [run.bos_ids + encode(run.chunks[c].text) + sep + seeds[s] for c, s in pairs]  # the base model reads them
         run.check_fits(0, [p + [0] * cfg.gen_tokens for p in prompts])
         with Meter(run.lm.device) as m, run.autocast():
             generated = generate(run, prompts)
