@@ -53,10 +53,10 @@ def test_run_errors_are_one_line(capsys, tmp_path):
     from engrain.cli import main
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("base: {task: facts}\nruns: [{method: cpt, params: prefix}]\n")
+    bad.write_text("base: {task: facts}\nruns: [{method: cpt, chunk_tokens: 4}]\n")
     assert main(["run", "--config", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--params prefix" in err
+    assert err.count("\n") == 1 and "--chunk-tokens must be an integer >= 8" in err
     assert main(["run", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 

@@ -132,6 +132,7 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
             continue
         ax.scatter(row["adapt s"], row["accuracy"], s=40, zorder=3)
         ax.annotate(row["method"], (row["adapt s"], row["accuracy"]), xytext=(5, -10), textcoords="offset points", fontsize=8)
+    ax.margins(x=0.2)
     ax.set_xlabel("seconds spent adapting the model (training; distill: + generating its transfer set)")
     ax.set_ylabel("closed-book accuracy")
     ax.set_title("Learning the documents into the weights: accuracy against cost", fontsize=10)
@@ -178,16 +179,23 @@ def write_report(rows: list[dict], records: list[dict], out: Path, plot: Path, s
     return path
 
 
+# The terminal table's short headings (the report keeps the long ones and every column).
+SHORT = {"paraphrase": "para.", "two-hop": "2-hop", "verbatim": "verb.", "adapt s": "adapt s", "peak MB": "peak MB",
+         "ms/question": "ms/q", "vs open book": "vs open", "RTE 16-shot": "RTE-16", "held-out ppl": "ppl"}
+
+
 def print_rows(rows: list[dict]) -> None:
     from rich.table import Table
 
     from engrain.report import console
 
     cells = formatted(rows)
-    t = Table(title="documents into weights: closed-book accuracy and cost")
-    cols = list(dict.fromkeys(k for row in cells for k in row))
+    t = Table(title="documents into weights: closed-book accuracy and cost (all columns: report.md)")
+    t.add_column("method", no_wrap=True)
+    t.add_column("accuracy", justify="right")
+    cols = [c for c in dict.fromkeys(k for row in cells for k in row) if c in SHORT]
     for col in cols:
-        t.add_column(col, justify="left" if col == "method" else "right")
+        t.add_column(SHORT[col], justify="right")
     for row in cells:
-        t.add_row(*(row.get(c, "-") for c in cols))
+        t.add_row(row["method"], row["accuracy"], *(row.get(c, "-").replace(" faster", "") for c in cols))
     console().print(t)

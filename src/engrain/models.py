@@ -24,6 +24,27 @@ from engrain.errors import EngrainError, unknown
 from engrain.names import PRECISIONS
 
 
+def _quiet_known_deprecations() -> None:
+    """transformers 5.24+ warns on every forward that takes ``past_key_values`` (removed in 5.40, which
+    pyproject excludes until engrain moves to ``cache=``), and when peft asks ``is_gradient_checkpointing``:
+    known notices, not news for each user run."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)  # peft asks it
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "`past_key_values`/`cache_params` are deprecated" not in record.getMessage()
+
+    for name in ("transformers", "transformers.modeling_utils", "transformers.utils.generic"):
+        logging.getLogger(name).addFilter(_Drop())
+
+
+_quiet_known_deprecations()
+
+
 def cache_dir() -> Path:
     """Where engrain keeps dequantised models and the measured matmul peak (movable via ENGRAIN_CACHE)."""
     return Path(os.environ.get("ENGRAIN_CACHE") or Path.home() / ".cache" / "engrain")
