@@ -209,3 +209,16 @@ runs:
     assert [r["method"] for r in rows] == ["closed-book", "open-book", "cpt-lora"]
     assert rows[1]["speed-up vs icl"] == "1.0" and rows[0]["speed-up vs icl"] == "-" and rows[2]["speed-up vs icl"] != "-"
     assert {r["k"] for r in rows} == {"-"}  # no demonstrations in a document task
+
+
+def test_every_shipped_config_is_valid():
+    """Every experiment under configs/ plans (each run's config is built and so validated), without running."""
+    from pathlib import Path
+
+    from engrain.sweep import plan
+
+    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        out, planned, _ = plan(path)
+        assert planned and str(out).startswith("docs/results/"), path
