@@ -71,11 +71,32 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"report: {result['report']}\nplot: {result['plot']}")
 
 
+def cmd_results(args: argparse.Namespace) -> None:
+    import csv
+    import json
+
+    from engrain.report import markdown
+    from engrain.results import flatten, headline, scan_records, select
+
+    rows = select([flatten(r) for r in scan_records(args.folders)], args.filter or [])
+    if args.format == "json":
+        print(json.dumps(rows, indent=1, default=str))
+    elif args.format == "csv":
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(sys.stdout, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        cells = [{k: (f"{v:.3f}" if isinstance(v, float) and k == "accuracy" else f"{v:.0f}" if isinstance(v, float) else
+                      "-" if v is None else v) for k, v in headline(r).items()} for r in rows]
+        print(markdown(cells) if cells else "no runs")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from engrain.report import markdown, summarize
-    from engrain.results import load_records
+    from engrain.results import scan_records
 
-    rows = summarize(load_records(args.folder))
+    rows = summarize(scan_records(args.folder))
     if not rows:
         raise EngrainError(f"no run records in {args.folder}")
     table = markdown(rows)
@@ -159,6 +180,11 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="an experiment file (the sweep YAML format) instead of the default experiment")
     r.add_argument("--dry-run", action="store_true", help="list the runs without running them")
     r.set_defaults(func=cmd_run)
+    rs = sub.add_parser("results", help="list the runs recorded in folders: config and headline metrics (every column with --format csv/json)")
+    rs.add_argument("folders", nargs="+")
+    rs.add_argument("--filter", action="append", metavar="KEY=VALUE", help="keep runs whose column KEY equals VALUE (repeatable)")
+    rs.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rs.set_defaults(func=cmd_results)
     rp = sub.add_parser("report", help="mean ± std over seeds of the run records in a folder, as a markdown table")
     rp.add_argument("folder")
     rp.add_argument("--into", help="a markdown file: replace its <!-- table:FOLDERNAME --> section instead of printing")

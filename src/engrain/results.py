@@ -121,3 +121,88 @@ def load_records(folder: str | Path) -> list[dict]:
     if not p.is_dir():
         raise EngrainError(f"results folder not found: {p}")
     return [read_record(f) for f in sorted(p.glob("*.json"))]
+
+
+# ---------------------------------------------------------------------------- results as a table
+
+RECORD_KEYS = ("name", "kind", "method", "config", "metrics", "measure")  # what makes a JSON file a run record
+FLATTENED = ("metrics", "measure", "teacher", "forgetting", "trainable_parameters", "corpus")  # nested parts kept as columns
+
+
+def scan_records(folders, warn=None) -> list[dict]:
+    """The run records in ``folders`` (each not recursive, files in name order). A file that is not valid
+    JSON or not a run record is skipped with a one-line warning naming it (``warn``, default stderr);
+    nothing is ever rewritten. A folder that does not exist is an error."""
+    import sys
+
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    out = []
+    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
+        p = Path(folder)
+        if not p.is_dir():
+            raise EngrainError(f"results folder not found: {p}")
+        for f in sorted(p.glob("*.json")):
+            try:
+                record = json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                warn(f"engrain: skipped {f}: not valid JSON ({getattr(e, 'msg', e)})")
+                continue
+            if not isinstance(record, dict) or not all(k in record for k in RECORD_KEYS):
+                warn(f"engrain: skipped {f}: not an engrain run record (no {', '.join(RECORD_KEYS)})")
+                continue
+            out.append(record)
+    return out
+
+
+def flatten(record: dict) -> dict:
+    """One run as one flat row: name, kind, method, variant, every config key under its own name, and the
+    nested parts (metrics, measure, teacher, forgetting, ...) with dotted names that mirror the record,
+    e.g. ``metrics.hans.by_heuristic.lexical_overlap.all`` or ``measure.train.seconds``."""
+    row = {"name": record["name"], "kind": record["kind"], "method": record["method"],
+           "variant": variant(record["kind"], record["method"], record["config"]), **record["config"]}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif not isinstance(value, list):
+            row[prefix] = value
+
+    for part in FLATTENED:
+        if part in record:
+            walk(part, record[part])
+    return row
+
+
+def to_frame(folders):
+    """Every run record in ``folders`` as a pandas DataFrame: one row per run, one column per config key and
+    metric (:func:`flatten`); files that are not run records are skipped with a warning."""
+    import pandas as pd
+
+    return pd.DataFrame([flatten(r) for r in scan_records(folders)])
+
+
+def select(rows: list[dict], filters: list[str]) -> list[dict]:
+    """The rows whose columns equal every ``key=value`` of ``filters`` (compared as text: seed=0, lr=0.001)."""
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or not key:
+            raise EngrainError(f"--filter takes key=value, got {f!r}")
+        if rows and not any(key in r for r in rows):
+            raise EngrainError(f"--filter {f}: no run has a column {key!r} (e.g. method, task, seed, params, lr)")
+        rows = [r for r in rows if key in r and str(r[key]) == value]
+    return rows
+
+
+def headline(row: dict) -> dict:
+    """What `engrain results` shows per run by default: who it is and its main numbers."""
+    from engrain.tasks.documents import is_document_task
+
+    task = row.get("task")
+    out = {k: row.get(k) for k in ("name", "variant", "model", "task", "shots", "seed")}
+    if task and is_document_task(task):
+        out["shots"] = None  # documents, not k examples
+    out["accuracy"] = row.get(f"metrics.{task}.accuracy")
+    out["train s"] = row.get("measure.train.seconds")
+    out["peak MB"] = row.get("measure.train.peak_memory_mb")
+    return out
