@@ -389,3 +389,40 @@ def test_a_token_level_method_plugs_in_through_the_registry(tiny_model_dir, data
         targets = [(t - 1, ids[0, t].item()) for t, m in enumerate(item["loss_mask"]) if m and t > 0]
         want = -sum(logp[p, tok].item() for p, tok in targets) / len(targets)
     assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_training_is_followed_in_tensorboard(tiny_model_dir, data_dir, tmp_path):
+    """--log-with tensorboard (Accelerate's tracker): loss and learning rate every step, the per-epoch and
+    final accuracies, read back from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from engrain.config import TrainConfig
+    from engrain.train import train
+
+    cfg = TrainConfig(model=str(tiny_model_dir), task="rte", shots=8, epochs=2, lr=1e-2, limit=6, eval_sample=4, train_batch_size=4,
+                      precision="fp32", data_dir=str(data_dir), out=str(tmp_path), progress=False, save=False, log_with="tensorboard")
+    rec = train(cfg)
+    runs = list((tmp_path / "trackers").iterdir())
+    assert [r.name for r in runs] == [rec["name"]]
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert len(loss) == rec["measure"]["train"]["steps"] == 4 and [e.step for e in loss] == [1, 2, 3, 4]
+    assert len(events.Scalars("train/lr")) == 4
+    per_epoch = [e.value for e in events.Scalars("eval/hans/accuracy")]
+    assert per_epoch == pytest.approx([c["metrics"]["hans"]["accuracy"] for c in rec["curve"]])
+    assert events.Scalars("final/rte/accuracy")[0].value == pytest.approx(rec["metrics"]["rte"]["accuracy"])
+
+
+def test_an_unknown_or_missing_tracker_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    from engrain.config import TrainConfig
+    from engrain.errors import EngrainError
+
+    with pytest.raises(EngrainError, match="--log-with must be one of tensorboard, mlflow, wandb, got 'comet'"):
+        TrainConfig(model="x", log_with="comet")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(EngrainError, match="--log-with mlflow needs the package mlflow: pip install mlflow"):
+        TrainConfig(model="x", log_with="mlflow")

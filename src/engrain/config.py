@@ -137,7 +137,8 @@ def _at_least(name: str, value: Any, low: int, alternative: str = "") -> None:
 
 
 # Options that change where and how a run is shown or stored, not what it measures.
-NOT_MEASURED = ("progress", "data_dir", "device", "out", "save")
+NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with")
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # --log-with -> the package it needs
 
 
 def config_defaults(kind: str) -> dict[str, Any]:
@@ -229,6 +230,8 @@ class TrainConfig(EvalConfig):
     chunk_tokens: int = opt(256, "cpt/cft/distill on documents: documents longer than this are split on paragraph / sentence boundaries")
     cft_prompts: str = opt("contextual", "cft: the prompts put before each document: contextual (the paper's ten styles), negative or random (the ablations)")
     cft_prompts_file: str | None = opt(None, "cft: your own prompts, one per line (instead of --cft-prompts)")
+    log_with: str | None = opt(None, "follow training in an experiment tracker (Accelerate's): tensorboard, mlflow or wandb; "
+                                     "loss, learning rate, per-epoch and final accuracies; logs under OUT/trackers")
     forgetting: bool = opt(False, "also measure, before and after training, RTE 16-shot ICL accuracy and perplexity on held-out "
                                   "text (MNLI premises): what training cost elsewhere")
 
@@ -283,6 +286,13 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--schedule must be linear or constant, got {self.schedule!r}")
         if self.method == "distill":
             self._validate_distill()
+        if self.log_with is not None:
+            import importlib.util
+
+            if self.log_with not in TRACKERS:
+                raise EngrainError(f"--log-with must be one of {', '.join(TRACKERS)}, got {self.log_with!r}")
+            if importlib.util.find_spec(TRACKERS[self.log_with]) is None:
+                raise EngrainError(f"--log-with {self.log_with} needs the package {TRACKERS[self.log_with]}: pip install {TRACKERS[self.log_with]}")
 
     @property
     def on_documents(self) -> bool:

@@ -134,6 +134,7 @@ def train_model(cfg: TrainConfig):
     """As :func:`train`, also returning the trained model and classification head (or None)."""
     cfg.validate()
     run = prepare(cfg)
+    start_tracking(run)
     before = forgetting_point(run, run.lm.model) if cfg.forgetting else None
     method = build_method(cfg.method, run)
     run.check_fits(run.virtual_tokens, [it["input_ids"] for it in method.items])
@@ -143,6 +144,9 @@ def train_model(cfg: TrainConfig):
     record = make_record(run, method, loop, curve, final, measure)
     if before is not None:
         record["forgetting"] = {"before": before, "after": forgetting_point(run, run.acc.unwrap_model(loop.model))}
+    track(run, {f"final/{split}/accuracy": m["accuracy"] for split, m in record["metrics"].items()}, loop.step)
+    if cfg.log_with:
+        run.acc.end_training()
     if run.acc.is_main_process and cfg.out:
         save_outputs(run, loop, record)
     run.acc.wait_for_everyone()
@@ -170,7 +174,8 @@ def prepare(cfg: TrainConfig) -> Run:
         shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
 
     compute = models.resolve_dtype(cfg.precision, models.resolve_device(cfg.device))
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu")
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu", log_with=cfg.log_with,
+                      project_dir=str(Path(cfg.out or "runs") / "trackers") if cfg.log_with else None)
     set_seed(cfg.seed)
     lm = models.load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
     lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
@@ -184,6 +189,23 @@ def prepare(cfg: TrainConfig) -> Run:
                            f"model's window of {lm.max_length}; give --prefix-tokens N (its first N tokens)")
     run.check_fits(run.virtual_tokens + len(run.bos), [q for qs in run.eval_queries(sets).values() for q in qs])
     return run
+
+
+def start_tracking(run: Run) -> None:
+    """With --log-with: one tracker run named as the record, its hyperparameters the config."""
+    if not run.cfg.log_with:
+        return
+    import dataclasses
+
+    from engrain.results import run_name
+
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(run.cfg).items()}
+    run.acc.init_trackers(run_name("train", run.cfg.method, run.cfg), config=hparams)
+
+
+def track(run: Run, values: dict, step: int) -> None:
+    if run.cfg.log_with:
+        run.acc.log(values, step=step)
 
 
 def load_train_corpus(source: str) -> list:
@@ -288,6 +310,7 @@ def train_step(run: Run, loop: Loop, batch: dict) -> None:
     loop.losses.append(loss.item())
     if acc.sync_gradients:
         loop.step += 1
+        track(run, {"train/loss": loop.losses[-1], "train/lr": loop.sched.get_last_lr()[0]}, loop.step)
 
 
 def per_epoch_sets(sets, cfg: TrainConfig):
@@ -306,7 +329,9 @@ def curve_point(run: Run, loop: Loop, sets, epoch: int) -> dict:
     """Mean training loss since the previous point, then an evaluation on the per-epoch sample."""
     mean_loss = sum(loop.losses) / len(loop.losses)
     loop.losses.clear()
-    return {"epoch": epoch, "step": loop.step, "loss": mean_loss, **evaluation_point(run, loop, sets, full=False)}
+    point = {"epoch": epoch, "step": loop.step, "loss": mean_loss, **evaluation_point(run, loop, sets, full=False)}
+    track(run, {f"eval/{split}/accuracy": m["accuracy"] for split, m in point["metrics"].items()}, loop.step)
+    return point
 
 
 def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
