@@ -222,3 +222,82 @@ def test_every_shipped_config_is_valid():
     for path in configs:
         out, planned, _ = plan(path)
         assert planned and str(out).startswith("docs/results/"), path
+
+
+# ---------------------------------------------------------------------------- parallel sweeps, killed and resumed
+
+
+def _in_session(sid: int) -> list[int]:
+    """PIDs of the live processes in session ``sid`` (the sweep and the runs it spawned)."""
+    from pathlib import Path
+
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of stat: the session; skip zombies
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_a_parallel_sweep_killed_by_sigterm_and_sigkill_resumes_to_exactly_its_runs(tiny_model_dir, data_dir, tmp_path):
+    """2 methods x 2 seeds x 2 shot counts with --jobs 2: stopped by SIGTERM, then by SIGKILL, mid-run; no
+    run outlives the sweep, every record left is whole, and the third start ends with exactly the 8 runs."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    f = write_sweep(tmp_path, tiny_model_dir, data_dir).with_name("sweep.yaml")
+    f.write_text(f.read_text().replace("grid: {seed: [0, 1]}", "grid: {seed: [0, 1], shots: [2, 4]}"))
+    expected = {name for name, _ in plan(f)[1]}
+    assert len(expected) == 8
+    out = tmp_path / "runs"
+    records = lambda: sorted(p.stem for p in out.glob("*.json")) if out.is_dir() else []  # noqa: E731
+
+    def start_and_stop(sig) -> None:
+        before = len(records())
+        proc = subprocess.Popen([sys.executable, "-m", "engrain.cli", "sweep", str(f), "--jobs", "2"], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while len(records()) == before and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(records()) > before, "no run finished in time"
+        time.sleep(1.0)  # the next runs have started (a tiny run takes a few seconds): stop them mid-run
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        at_stop = records()
+        deadline = time.time() + 10  # a run that outlived the sweep would finish (and write) within this
+        while _in_session(proc.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _in_session(proc.pid), "a run outlived its sweep"
+        assert records() == at_stop, "a run went on after its sweep was stopped"
+        for name in records():  # every record there is whole, and one of the planned runs
+            assert name in expected and json.loads((out / f"{name}.json").read_text())["name"] == name
+
+    start_and_stop(signal.SIGTERM)
+    start_and_stop(signal.SIGKILL)
+    assert len(records()) < 8, "the sweep was not stopped mid-run"
+    assert main(["sweep", str(f), "--jobs", "2"]) == 0
+    assert set(records()) == expected and len(records()) == 8
+    assert run_sweep(f, echo=lambda *_: None) == []  # nothing left to run, nothing run twice
+
+
+def test_jobs_must_be_positive(tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x, task: rte}\nruns: [{method: icl}]\n")
+    assert main(["sweep", str(f), "--jobs", "0"]) == 2
+    assert "--jobs must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_gpu_slots_round_robin(monkeypatch):
+    from engrain.sweep import gpu_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert gpu_slots(3) == ["2", "5", "2"] and gpu_slots(1) == [None]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_slots(2) == [None, None]

@@ -59,7 +59,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from engrain.sweep import run_sweep
 
-    run_sweep(args.file, dry_run=args.dry_run)
+    if args.jobs < 1:
+        raise EngrainError(f"--jobs must be an integer >= 1, got {args.jobs}")
+    run_sweep(args.file, dry_run=args.dry_run, jobs=args.jobs)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -171,6 +173,7 @@ def make_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run an experiment file (YAML: out, base, grid, runs); skips runs already recorded")
     sw.add_argument("file")
     sw.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (with GPUs: one GPU each, round-robin)")
     sw.set_defaults(func=cmd_sweep)
     r = sub.add_parser("run", help="the main job: learn the facts benchmark's documents into the model by cpt, cft and distill, "
                                    "against closed and open book; a table, report.md and a plot (resumes)")

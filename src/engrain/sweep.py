@@ -120,9 +120,16 @@ def run_one(cfg) -> None:
     (train if isinstance(cfg, TrainConfig) else evaluate)(cfg)
 
 
-def _child(cfg) -> None:
+def _child(cfg, device: str | None = None) -> None:
+    """One run in a spawned process: it dies with the sweep (Linux: the parent's death signals it), and
+    with ``device`` it sees only that GPU."""
     import sys
 
+    _die_with_parent()
+    if device is not None:
+        import os
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported in this process
     try:
         run_one(cfg)
     except EngrainError as e:
@@ -132,26 +139,86 @@ def _child(cfg) -> None:
         sys.exit(130)
 
 
-def run_isolated(name: str, cfg) -> None:
-    """Run in a fresh process, so that each record's time and memory are its own (a long-lived
-    process keeps the memory high-water mark of earlier runs) and a crash cannot take the sweep's
-    bookkeeping with it."""
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies, even by SIGKILL (no orphan keeps computing)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def gpu_slots(jobs: int) -> list[str | None]:
+    """The GPU each of ``jobs`` parallel runs sees (CUDA_VISIBLE_DEVICES), round-robin over the visible
+    ones; None for every job without GPUs (or a single job, which sees what the sweep sees)."""
+    import os
+
+    if jobs < 2:
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        import torch
+
+        devices = [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return [devices[i % len(devices)] if devices else None for i in range(jobs)]
+
+
+def run_parallel(todo: list, jobs: int, echo=print) -> None:
+    """Run ``todo`` ([(name, config)]) in up to ``jobs`` spawned processes at once, each with its own time
+    and memory. A record is written by rename when its run ends, so stopping the sweep at any moment
+    (Ctrl-C, SIGTERM: the running children are stopped too; SIGKILL: they die with it) loses no
+    finished record and leaves none half-written; running the sweep again resumes. After a failed run
+    no new run starts; the ones under way finish, then the sweep reports the failures."""
     import multiprocessing
+    import multiprocessing.connection
+    import signal
 
-    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(cfg,), name=name)
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise EngrainError(f"run {name} failed (exit code {proc.exitcode}); the runs before it are recorded, rerun the sweep to continue")
+    ctx, slots = multiprocessing.get_context("spawn"), gpu_slots(jobs)
+    free, queue, running, failed, started = list(range(jobs)), list(todo), {}, [], 0
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while running or (queue and not failed):
+            while queue and free and not failed:
+                (name, cfg), slot = queue.pop(0), free.pop(0)
+                proc = ctx.Process(target=_child, args=(cfg, slots[slot % len(slots)]), name=name)
+                proc.start()
+                running[proc.sentinel] = (proc, name, slot)
+                started += 1
+                echo(f"[{started}/{len(todo)}] {name}" + (f" (job {slot + 1} of {jobs})" if jobs > 1 else ""))
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                proc, name, slot = running.pop(sentinel)
+                proc.join()
+                free.append(slot)
+                if proc.exitcode != 0:
+                    failed.append(f"{name} failed (exit code {proc.exitcode})")
+    finally:
+        for proc, _, _ in running.values():
+            proc.terminate()
+        for proc, _, _ in running.values():
+            proc.join()
+        signal.signal(signal.SIGTERM, previous)
+    if failed:
+        raise EngrainError(f"run {'; '.join(failed)}; the runs that finished are recorded, rerun the sweep to continue")
 
 
-def run_sweep(path: str | Path, dry_run: bool = False, echo=print, isolate: bool = True) -> list[str]:
-    """Run what is not done yet, each run in its own process unless ``isolate`` is false; returns the
-    names run (or, with dry_run, that would run)."""
-    return run_planned(*plan(path), dry_run=dry_run, echo=echo, isolate=isolate)
+def run_sweep(path: str | Path, dry_run: bool = False, echo=print, isolate: bool = True, jobs: int = 1) -> list[str]:
+    """Run what is not done yet, each run in its own process (``jobs`` at once) unless ``isolate`` is false;
+    returns the names run (or, with dry_run, that would run)."""
+    return run_planned(*plan(path), dry_run=dry_run, echo=echo, isolate=isolate, jobs=jobs)
 
 
-def run_planned(out: Path, planned: list, folders: list[Path], dry_run: bool = False, echo=print, isolate: bool = True) -> list[str]:
+def run_planned(out: Path, planned: list, folders: list[Path], dry_run: bool = False, echo=print, isolate: bool = True,
+                jobs: int = 1) -> list[str]:
     """:func:`run_sweep` of a plan (:func:`plan_spec`)."""
     from engrain.results import read_record, write_record
 
@@ -163,8 +230,11 @@ def run_planned(out: Path, planned: list, folders: list[Path], dry_run: bool = F
             write_record(read_record(src), out)  # atomic, as every record
     todo = [(n, c) for n, c in todo if n not in reused]
     echo(f"{len(planned)} runs planned, {len(planned) - len(todo)} done, {len(todo)} to run")
-    for i, (name, cfg) in enumerate(todo, 1):
-        echo(f"[{i}/{len(todo)}] {name}")
-        if not dry_run:
-            run_isolated(name, cfg) if isolate else run_one(cfg)
+    if dry_run or not isolate:
+        for i, (name, cfg) in enumerate(todo, 1):
+            echo(f"[{i}/{len(todo)}] {name}")
+            if not dry_run:
+                run_one(cfg)
+    else:
+        run_parallel(todo, jobs, echo)
     return [n for n, _ in todo]
