@@ -120,15 +120,16 @@ def run_one(cfg) -> None:
     (train if isinstance(cfg, TrainConfig) else evaluate)(cfg)
 
 
-def _child(cfg, device: str | None = None) -> None:
-    """One run in a spawned process: it dies with the sweep (Linux: the parent's death signals it), and
-    with ``device`` it sees only that GPU."""
+def _child(cfg, device: str | None = None, parent: int | None = None) -> None:
+    """One run in a spawned process: it dies with the sweep (``parent``; Linux: the parent's death signals
+    it), and with ``device`` it sees only that GPU."""
+    import os
     import sys
 
     _die_with_parent()
+    if parent is not None and os.getppid() != parent:  # the sweep died before the signal was asked for
+        sys.exit(143)
     if device is not None:
-        import os
-
         os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported in this process
     try:
         run_one(cfg)
@@ -177,6 +178,7 @@ def run_parallel(todo: list, jobs: int, echo=print) -> None:
     no new run starts; the ones under way finish, then the sweep reports the failures."""
     import multiprocessing
     import multiprocessing.connection
+    import os
     import signal
 
     ctx, slots = multiprocessing.get_context("spawn"), gpu_slots(jobs)
@@ -190,7 +192,7 @@ def run_parallel(todo: list, jobs: int, echo=print) -> None:
         while running or (queue and not failed):
             while queue and free and not failed:
                 (name, cfg), slot = queue.pop(0), free.pop(0)
-                proc = ctx.Process(target=_child, args=(cfg, slots[slot % len(slots)]), name=name)
+                proc = ctx.Process(target=_child, args=(cfg, slots[slot % len(slots)], os.getpid()), name=name)
                 proc.start()
                 running[proc.sentinel] = (proc, name, slot)
                 started += 1
