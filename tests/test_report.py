@@ -63,3 +63,31 @@ def test_a_document_distillation_record_prints_its_generation_and_forgetting():
     text = con.export_text()
     assert "transfer set: 8 texts, 400 tokens generated in 10.0 s (40 tokens/s, 25% of the run's adaptation time)" in text
     assert "forgetting: RTE 16-shot ICL 0.550 -> 0.520 | held-out perplexity 20.00 -> 21.50" in text
+
+
+def test_report_out_writes_markdown_self_contained_html_and_plots(tmp_path, capsys):
+    import re
+    import shutil
+    from pathlib import Path
+
+    from engrain.cli import main
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    nli, facts = tmp_path / "nli", tmp_path / "facts"
+    shutil.copytree(docs / "distill_nli", nli, ignore=shutil.ignore_patterns("*/"))
+    shutil.copytree(docs / "facts_docs", facts)
+    (nli / "broken.json").write_text("{")
+    out = tmp_path / "report"
+    assert main(["report", str(nli), str(facts), "--out", str(out)]) == 0
+    n = len(list(nli.glob("*.json"))) - 1 + len(list(facts.glob("*.json")))
+    assert f"{n} records read, 1 files skipped" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert f"{n} run records read from" in md and "broken.json: not valid JSON" in md
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    for name in ("shots_mnli.png", "ood_vs_id_mnli.png", "cost_rte.png", "hans.png", "curves_mnli.png", "documents_facts.png"):
+        assert name in pngs and f"]({name})" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(pngs) and not re.search(r"src=['\"]https?:", html)  # opens offline
+    assert "<table>" in html and "distill-lora" in html
+    assert "break-even queries" in md  # trained methods weighed against ICL's per-query cost
+    assert main(["report", str(nli), str(facts), "--into", str(tmp_path / "x.md")]) == 2

@@ -98,9 +98,18 @@ def cmd_report(args: argparse.Namespace) -> None:
     from engrain.report import markdown, summarize
     from engrain.results import scan_records
 
-    rows = summarize(scan_records(args.folder))
+    if args.out:
+        from engrain.plots import build
+
+        made = build(args.folders, args.out)
+        if not made["records"]:
+            raise EngrainError(f"no run records in {', '.join(args.folders)}")
+        print(f"{made['records']} records read, {len(made['skipped'])} files skipped; wrote {made['markdown']}, {made['html']} "
+              f"and {len(made['images'])} plots")
+        return
+    rows = summarize(scan_records(args.folders))
     if not rows:
-        raise EngrainError(f"no run records in {args.folder}")
+        raise EngrainError(f"no run records in {', '.join(args.folders)}")
     table = markdown(rows)
     if not args.into:
         print(table)
@@ -108,7 +117,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     import re
     from pathlib import Path
 
-    doc, name = Path(args.into), Path(args.folder).name
+    if len(args.folders) != 1:
+        raise EngrainError("--into writes one folder's table into its <!-- table:FOLDERNAME --> section: give one folder")
+    doc, name = Path(args.into), Path(args.folders[0]).name
     text = doc.read_text() if doc.is_file() else ""
     marks = (f"<!-- table:{name} -->", f"<!-- /table:{name} -->")
     if not all(m in text for m in marks):
@@ -188,8 +199,10 @@ def make_parser() -> argparse.ArgumentParser:
     rs.add_argument("--filter", action="append", metavar="KEY=VALUE", help="keep runs whose column KEY equals VALUE (repeatable)")
     rs.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rs.set_defaults(func=cmd_results)
-    rp = sub.add_parser("report", help="mean ± std over seeds of the run records in a folder, as a markdown table")
-    rp.add_argument("folder")
+    rp = sub.add_parser("report", help="mean ± std over seeds of the run records in folders, as a markdown table; "
+                                       "--out DIR: report.md, report.html and plots")
+    rp.add_argument("folders", nargs="+")
+    rp.add_argument("--out", help="write report.md, a self-contained report.html and the PNG plots into this folder")
     rp.add_argument("--into", help="a markdown file: replace its <!-- table:FOLDERNAME --> section instead of printing")
     rp.set_defaults(func=cmd_report)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
