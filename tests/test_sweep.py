@@ -301,3 +301,14 @@ def test_gpu_slots_round_robin(monkeypatch):
     assert gpu_slots(3) == ["2", "5", "2"] and gpu_slots(1) == [None]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_slots(2) == [None, None]
+
+
+def test_exclude_leaves_out_the_combinations_it_names(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: x}\ngrid: {task: [rte, mnli], shots: [16, 128]}\nruns: [{method: icl}, {method: pbft}]\n"
+                 "exclude: [{task: rte, shots: 128, method: icl}]\n")
+    names = [n for n, _ in plan(f)[1]]
+    assert len(names) == 7 and "eval-rte-icl-x-k128-s0" not in names and "train-rte-pbft-lora-x-k128-s0" in names
+    f.write_text("base: {model: x}\nruns: [{method: icl}]\nexclude: {task: rte}\n")
+    with pytest.raises(EngrainError, match="exclude must be a list of mappings"):
+        plan(f)

@@ -7,6 +7,7 @@
       - {method: icl}
       - {method: pbft, params: lora, shots: 16}    # an entry may pin a grid key: identical runs run once
     reuse: [runs/other]          # optional: folders whose records of identical runs are copied, not rerun
+    exclude: [{task: mnli, method: icl, seed: 2}]   # optional: combinations left out (every key must match)
 
 Entries with ``method: icl`` are evaluations (EvalConfig), the others fine-tuning (TrainConfig).
 Every config is built, and so validated, before the first run starts.
@@ -30,9 +31,12 @@ def plan(path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
 
 def plan_spec(spec: dict, path: str | Path) -> tuple[Path, list[tuple[str, object]], list[Path]]:
     """:func:`plan` of an experiment given as a dict (``path`` names it in errors)."""
-    unknown_keys = set(spec) - {"out", "base", "grid", "runs", "reuse"}
+    unknown_keys = set(spec) - {"out", "base", "grid", "runs", "reuse", "exclude"}
     if unknown_keys:
-        raise EngrainError(f"{path}: unknown top-level key {sorted(unknown_keys)[0]!r}; expected out, base, grid, runs, reuse")
+        raise EngrainError(f"{path}: unknown top-level key {sorted(unknown_keys)[0]!r}; expected out, base, grid, runs, reuse, exclude")
+    exclude = spec.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+        raise EngrainError(f"{path}: exclude must be a list of mappings (option: value), e.g. [{{task: rte, shots: 128, method: icl}}]")
     out = Path(spec.get("out") or "runs")
     base, grid, runs = spec.get("base") or {}, spec.get("grid") or {}, spec.get("runs") or [{}]
     if not isinstance(base, dict) or not isinstance(grid, dict) or not isinstance(runs, list):
@@ -44,6 +48,8 @@ def plan_spec(spec: dict, path: str | Path) -> tuple[Path, list[tuple[str, objec
         for entry in runs:
             opts = {**base, **dict(zip(keys, combo)), **entry, "out": str(out)}
             opts = {k.replace("-", "_"): v for k, v in opts.items()}
+            if any(all(opts.get(k.replace("-", "_"), "icl" if k == "method" else None) == v for k, v in e.items()) for e in exclude):
+                continue  # a combination the experiment leaves out (e.g. a context that does not fit the window)
             if opts.get("method", "icl") == "icl":
                 cfg = _icl_config(path, entry, opts)
                 planned.append((run_name("eval", eval_method(cfg), cfg), cfg))
