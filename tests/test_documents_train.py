@@ -139,6 +139,9 @@ def test_eval_a_document_task_closed_and_open_book(tiny_model_dir, tmp_path, cap
         m = rec["metrics"]["facts"]
         assert m["n"] == 30 and 0 <= m["accuracy"] <= 1 and set(m["by_type"]) <= {"verbatim", "paraphrase", "two-hop"}
         assert rec["measure"]["facts"]["open_book"] is (method == "open-book")
+        from engrain.measure import cpu_name
+
+        assert rec["model"]["device_name"] == cpu_name() and rec["model"]["attention"] in ("sdpa", "eager")  # what ran, and how
 
 
 def test_train_on_a_document_task_and_evaluate_the_adapter(tiny_model_dir, tmp_path):

@@ -89,3 +89,25 @@ def test_the_cpu_bf16_kind_can_be_overridden(monkeypatch):
 
     monkeypatch.setenv("ENGRAIN_CPU_BF16", "0")
     assert cpu_bf16_kind() == "none" and not cpu_has_bf16()
+
+
+def test_on_cuda_the_peak_is_the_devices_and_host_rss_is_kept_apart(monkeypatch):
+    """Without a GPU: torch.cuda's counters faked. The device peak is max allocated (not the host RSS,
+    which is larger here), reserved and host RSS are reported beside it; a pause resets the device peak."""
+    import torch
+
+    from engrain.measure import Meter
+
+    allocated = iter([3 * 2**20, 7 * 2**20, 5 * 2**20])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: next(allocated))
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: 64 * 2**20)
+    with Meter(torch.device("cuda")) as m:
+        with m.paused():  # peak so far: 3 MiB
+            pass
+    assert m.peak_mb == 7 and m.host_peak_bytes > 10 * 2**20  # max of the stretches before and after the pause
+    assert m.memory() == {"peak_memory_mb": 7.0, "peak_memory_reserved_mb": 64.0, "host_peak_memory_mb": m.host_peak_bytes / 2**20}
+    with Meter() as cpu:
+        pass
+    assert cpu.memory() == {"peak_memory_mb": cpu.host_peak_bytes / 2**20} and cpu.peak_bytes == cpu.host_peak_bytes

@@ -226,7 +226,7 @@ def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, he
             "examples_per_s": len(q) / m.seconds,
             "query_tokens": n_tok,
             "tokens_per_s": n_tok / m.seconds,
-            "peak_memory_mb": m.peak_mb,
+            **m.memory(),
             "flops": fl,
             "mfu": fl / (peak * m.seconds),
         }

@@ -29,40 +29,51 @@ def rss_bytes() -> int:
 
 @dataclass
 class Meter:
-    """Times a block and records its peak memory: process RSS sampled every 5 ms on CPU, and the
-    allocator's max on CUDA. ``with Meter(device) as m: ...; m.seconds, m.peak_mb``. Inside the block,
+    """Times a block and records its peak memory. On CPU the peak is the process RSS, sampled every 5 ms;
+    on CUDA it is the allocator's max allocated bytes on the device (``reserved_bytes``: its max
+    reserved), and the host RSS is sampled too (``host_peak_bytes``), kept apart: the two are different
+    memories. ``with Meter(device) as m: ...; m.seconds, m.peak_mb``. Inside the block,
     ``with m.paused(): ...`` leaves a stretch out of both (its length is ``m.paused_seconds``)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     interval: float = 0.005
     seconds: float = 0.0
-    peak_bytes: int = 0
+    peak_bytes: int = 0  # the device's peak: RSS on CPU, max allocated on CUDA
+    host_peak_bytes: int = 0  # process RSS (on CPU the same as peak_bytes)
+    reserved_bytes: int = 0  # CUDA: the allocator's max reserved; 0 on CPU
     paused_seconds: float = 0.0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
 
     def __enter__(self) -> "Meter":
         self._stop, self._running = threading.Event(), threading.Event()
         self._running.set()
-        self.peak_bytes = rss_bytes()
-        if self.device.type == "cuda":
+        self.host_peak_bytes = rss_bytes()
+        if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self.peak_bytes = self.host_peak_bytes
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
         self._t0 = time.perf_counter()
         return self
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
             if self._running.is_set():
-                self.peak_bytes = max(self.peak_bytes, rss_bytes())
+                self.host_peak_bytes = max(self.host_peak_bytes, rss_bytes())
 
     def _peak_now(self) -> None:
-        if self.device.type == "cuda":
+        self.host_peak_bytes = max(self.host_peak_bytes, rss_bytes())
+        if self.cuda:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+            self.reserved_bytes = max(self.reserved_bytes, torch.cuda.max_memory_reserved(self.device))
         else:
-            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+            self.peak_bytes = self.host_peak_bytes
 
     @property
     def elapsed(self) -> float:
@@ -78,7 +89,7 @@ class Meter:
             yield
         finally:
             self.paused_seconds += time.perf_counter() - t
-            if self.device.type == "cuda":
+            if self.cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
             self._running.set()
 
@@ -86,12 +97,21 @@ class Meter:
         self._peak_now()
         self.seconds = self.elapsed
         self._stop.set()
-        if self.device.type != "cuda":
-            self._thread.join()
+        self._thread.join()
+        if not self.cuda:
+            self.peak_bytes = self.host_peak_bytes
 
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / 2**20
+
+    def memory(self) -> dict:
+        """The peak(s) for a record: ``peak_memory_mb`` (the device's), and on CUDA the host RSS and the
+        allocator's reserved bytes beside it."""
+        out = {"peak_memory_mb": self.peak_mb}
+        if self.cuda:
+            out.update(peak_memory_reserved_mb=self.reserved_bytes / 2**20, host_peak_memory_mb=self.host_peak_bytes / 2**20)
+        return out
 
 
 # ---------------------------------------------------------------------------- FLOPs and MFU

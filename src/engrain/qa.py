@@ -83,7 +83,7 @@ def score_questions(lm, questions: Sequence[Question], documents: dict[str, str]
     peak = matmul_peak(lm.device, lm.dtype)
     with Meter(lm.device) as m, torch.autocast(lm.device.type, dtype=lm.dtype, enabled=lm.dtype != torch.float32):
         scores = choice_scores(model, lm.tokenizer, questions, documents, batch_size, bos)
-    measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000, "peak_memory_mb": m.peak_mb,
+    measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000, **m.memory(),
                "open_book": documents is not None, "matmul_peak_tflops": peak / 1e12}
     return qa_metrics(questions, scores), measure
 

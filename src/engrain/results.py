@@ -66,6 +66,15 @@ def run_name(kind: str, method: str, cfg) -> str:
     return f"{kind}-{name}"
 
 
+def device_name(device) -> str:
+    """The GPU's name on CUDA, the CPU's model name on CPU."""
+    import torch
+
+    from engrain.measure import cpu_name
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
 def base_record(kind: str, method: str, cfg, lm) -> dict:
     from engrain.measure import git_revision, host, versions
 
@@ -81,6 +90,8 @@ def base_record(kind: str, method: str, cfg, lm) -> dict:
             "source": lm.source,
             "dtype": str(lm.dtype).replace("torch.", ""),
             "device": str(lm.device),
+            "device_name": device_name(lm.device),
+            "attention": getattr(lm.model.config, "_attn_implementation", None),  # the attention kernel (sdpa, eager, ...)
             "parameters": n_params,
             "max_length": lm.max_length,
             "load_seconds": lm.load_seconds,

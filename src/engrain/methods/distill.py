@@ -90,7 +90,7 @@ class Distill:
             teacher = teacher_outputs(run.lm.model, run.context_ids, queries, run.verbalizer_ids, cfg.batch_size,
                                       run.lm.tokenizer.pad_token_id, run.context_cache, cfg.topk if cfg.distill_loss == "topk" else 0)
         method = cls(run.verbalizer_ids, teacher, cfg.distill_loss, cfg.kl, cfg.temperature, cfg.alpha, run.labelled_items(inputs))
-        method.record["teacher"] = {"seconds": m.seconds, "peak_memory_mb": m.peak_mb, "context_tokens": len(run.context_ids),
+        method.record["teacher"] = {"seconds": m.seconds, **m.memory(), "context_tokens": len(run.context_ids),
                                     "transfer_examples": len(inputs), "transfer_tokens": sum(map(len, queries))}
         return method
 

@@ -88,7 +88,7 @@ class DocumentDistill:
             targets.append((values, indices))
         method = cls(items, targets)
         new = sum(len(ids) for ids, _, _ in generated)
-        method.record["teacher"] = {"seconds": m.seconds, "peak_memory_mb": m.peak_mb, "samples": len(prompts),
+        method.record["teacher"] = {"seconds": m.seconds, **m.memory(), "samples": len(prompts),
                                     "prompt_tokens": sum(map(len, prompts)), "generated_tokens": new,
                                     "generated_tokens_per_s": new / max(m.seconds, 1e-9), "topk": cfg.topk,
                                     "examples": method.transfer_texts(tok)[:3]}  # what the student reads, to look at
