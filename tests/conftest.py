@@ -130,3 +130,26 @@ def pytest_terminal_summary(terminalreporter) -> None:
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
     terminalreporter.write_line(f"engrain: CPU bf16 {kind}{f' (ONEDNN_MAX_CPU_ISA={isa})' if isa else ''}; "
                                 f"precision auto = {auto} (the real-model tests ran in it)")
+
+
+# Where the device-independent invariants run: CPU always, CUDA (fp32 and bf16) when there is a GPU.
+# Tolerances on logits: fp32 on CPU 1e-4; fp32 on CUDA 1e-3 (other kernels and reduction orders); bf16
+# 1e-2 of the logits' largest magnitude (8 bits of mantissa, per layer).
+DEVICES = [("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")]
+
+
+@pytest.fixture(params=DEVICES, ids=[f"{d}-{p}" for d, p in DEVICES])
+def device_precision(request):
+    device, precision = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    return device, precision
+
+
+def logit_tolerance(device: str, precision: str, reference: torch.Tensor) -> dict:
+    """assert_close tolerances for logits computed two ways on ``device`` in ``precision``."""
+    if precision == "bf16":
+        return {"atol": 1e-2 * float(reference.abs().max()), "rtol": 1e-2}
+    return {"atol": 1e-4, "rtol": 1e-4} if device == "cpu" else {"atol": 1e-3, "rtol": 1e-3}

@@ -44,12 +44,16 @@ def test_prefix_cached_equals_uncached(tiny, rte_prompts):
     assert a.std(0).min() > 1e-3, "the tiny model must give input-dependent scores, or this test proves nothing"
 
 
-def test_cached_scores_equal_each_prompt_alone_for_every_model_family(tiny_any_dir, data_dir):
+def test_cached_scores_equal_each_prompt_alone_for_every_model_family(tiny_any_dir, data_dir, device_precision):
     """Padding must never sit between the cached context and a query: a sliding-window layer (Gemma 3)
-    counts its window in cache slots, pads included, so a padded gap would hide context tokens."""
+    counts its window in cache slots, pads included, so a padded gap would hide context tokens. On CPU,
+    and on CUDA in fp32 and bf16 where there is a GPU (tolerances: conftest.logit_tolerance)."""
+    from conftest import logit_tolerance
+
     from engrain.models import load_model
 
-    lm = load_model(str(tiny_any_dir), "fp32", "cpu")
+    device, precision = device_precision
+    lm = load_model(str(tiny_any_dir), precision, device)
     spec = get_task("rte")
     demos = sample_few_shot(spec, load_split(spec, "train", data_dir), 4, 0)
     val = load_split(spec, "validation", data_dir)[:13]
@@ -59,10 +63,13 @@ def test_cached_scores_equal_each_prompt_alone_for_every_model_family(tiny_any_d
     assert window is None or len(ctx) > 4 * window, "the context must outgrow the sliding window"
     a, top = score(lm.model, ctx, q, v, batch_size=4, pad_id=lm.tokenizer.pad_token_id)
     b, _ = score_uncached(lm.model, ctx, q, v, batch_size=5, pad_id=lm.tokenizer.pad_token_id)
-    ref = torch.stack([plain_last_logits(lm.model, ctx + x) for x in q])  # (N, V)
-    torch.testing.assert_close(a, ref[:, v], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(b, ref[:, v], atol=1e-4, rtol=1e-4)
-    assert torch.equal(top, ref.argmax(-1))
+    with torch.no_grad():
+        ref = torch.stack([lm.model(input_ids=torch.tensor([ctx + x], device=lm.device)).logits[0, -1].float().cpu() for x in q])
+    tol = logit_tolerance(device, precision, ref[:, v])
+    torch.testing.assert_close(a, ref[:, v], **tol)
+    torch.testing.assert_close(b, ref[:, v], **tol)
+    if precision == "fp32":  # bf16 rounding may flip a near-tie of the full-vocabulary argmax
+        assert torch.equal(top, ref.argmax(-1))
     assert a.std(0).min() > 1e-3, "scores must vary between inputs, or this test proves nothing"
 
 
