@@ -255,4 +255,6 @@ def git_revision() -> str | None:
 def host() -> dict:
     from engrain.models import cpu_bf16_kind
 
-    return {"cpu": cpu_name(), "cpu_bf16": cpu_bf16_kind(), "threads": torch.get_num_threads(), "platform": platform.platform()}
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": cpu_name(), "cpu_bf16": cpu_bf16_kind(), "threads": torch.get_num_threads(), "platform": platform.platform(),
+            "gpus": gpus}  # every record and benchmark file says what the machine had
