@@ -191,3 +191,8 @@ def test_a_corpus_longer_than_the_window_needs_prefix_tokens(tiny_model_dir, dat
     with pytest.raises(EngrainError, match=r"--params prefix starts as the whole corpus in context: \d+ tokens, more than the model's window"):
         train_model(TrainConfig(model=str(tiny_model_dir), task="rte", method="cpt", params="prefix", train_data=str(tmp_path / "big"),
                                 ood=False, limit=2, precision="fp32", out="", progress=False, data_dir=str(data_dir)))
+    # ... and with --prefix-tokens it trains: only the first N tokens' KV is computed, never the whole corpus
+    rec, _, _ = train_model(TrainConfig(model=str(tiny_model_dir), task="rte", method="cpt", params="prefix", prefix_tokens=32, epochs=1,
+                                        train_data=str(tmp_path / "big"), ood=False, limit=2, precision="fp32", out="", progress=False,
+                                        data_dir=str(data_dir), chunk_tokens=512))
+    assert rec["trainable_parameters"]["trainable"] > 0 and rec["corpus"]["document_tokens"] > window

@@ -220,7 +220,14 @@ def attach_params(run: Run) -> torch.nn.Module:
     cfg = run.cfg
     targets = tuple(t.strip() for t in cfg.target_modules.split(",")) if cfg.target_modules else None
     spec = ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, cfg.prefix_tokens)
-    cache, n_ctx = (run.context_cache, len(run.context_ids)) if run.as_icl else (None, 0)
+    cache, n_ctx = None, 0
+    if run.as_icl:
+        n, n_ctx = run.virtual_tokens, len(run.context_ids)
+        if n == n_ctx or "context_cache" in run.__dict__:  # the whole context, or its KV is there already
+            cache = run.context_cache
+        else:  # only the first n positions' KV (causal: the same as in the whole context's), never the whole corpus
+            with run.autocast():
+                cache = encode_context(run.lm.model, run.context_ids[:n])
     run.lm.model = apply_params(run.lm.model, spec, cache, n_ctx)  # evaluation runs the adapted model
     return run.lm.model
 
