@@ -170,7 +170,7 @@ def training_curves(records: list[dict], task: str, out: Path) -> Path | None:
 def documents(rows: list[dict], task: str, out: Path) -> Path | None:
     rs = [r for r in rows if r["task"] == task]
     types = sorted({k.split(".")[3] for r in rs for k in r if k.startswith(f"metrics.{task}.by_type.") and k.endswith(".accuracy")
-                    and k.count(".") == 5})
+                    and k.count(".") == 4})
     if not rs:
         return None
     import numpy as np
