@@ -176,7 +176,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML file with the same option names; flags override it")
     add_config_flags(e, EvalConfig)
     e.set_defaults(func=cmd_eval)
-    t = sub.add_parser("train", help="fine-tuning (pbft / head / distill on k examples, cpt / cft on documents; "
+    t = sub.add_parser("train", help="fine-tuning (pbft / head / distill on k examples, cpt / cft / distill on documents; "
                                      "full / lora / bitfit / ia3 / prefix), evaluated per epoch")
     t.add_argument("--config", help="YAML file with the same option names; flags override it")
     add_config_flags(t, TrainConfig, exclude=("adapter",))
