@@ -197,7 +197,8 @@ class TrainConfig(EvalConfig):
     train_data: str | None = opt(None, "what to train on: a task whose train split gives the k examples (default: --task; its labels must be "
                                  "--task's); for cpt/cft a corpus: a folder of .txt/.md files, a .jsonl of {id, text}, or facts[:SEED] (the generated benchmark)")
     method: str = opt("pbft", "pbft (pattern + verbaliser), head (new classification head), distill (context distillation), "
-                              "cpt (continued pre-training on documents) or cft (Contextual Fine-Tuning on documents); distill on a document task or corpus distils the documents")
+                              "cpt (continued pre-training on documents) or cft (Contextual Fine-Tuning on documents); "
+                              "distill on a document task or corpus distils the documents")
     params: str = opt("lora", "which parameters train: full, lora, bitfit, ia3 or prefix (a KV prefix initialised from the k examples)")
     epochs: int | None = opt(None, "epochs over the training data (preset: 40; distill 4; on documents 10)")
     lr: float | None = opt(None, "peak learning rate (preset: full 1e-5, lora 2e-4, bitfit 1e-4, ia3 3e-3)")
