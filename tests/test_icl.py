@@ -161,9 +161,16 @@ def test_three_way_predictions_map_to_hans():
 # ---------------------------------------------------------------------------- end to end
 
 
-def test_evaluate_end_to_end(tiny_model_dir, data_dir, tmp_path):
-    cfg = EvalConfig(model=str(tiny_model_dir), task="rte", shots=4, limit=12, precision="fp32", data_dir=str(data_dir), out=str(tmp_path), progress=False)
+def test_evaluate_end_to_end(tiny_model_dir, data_dir, tmp_path, device_precision):
+    from engrain.models import default_batch_size
+
+    device, precision = device_precision
+    cfg = EvalConfig(model=str(tiny_model_dir), task="rte", shots=4, limit=12, precision=precision, device=device,
+                     data_dir=str(data_dir), out=str(tmp_path), progress=False)
     rec = evaluate(cfg)
+    assert rec["model"]["device"].startswith(device) and rec["model"]["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+    assert rec["model"]["attention"] == "sdpa"
+    assert rec["config"]["batch_size"] == default_batch_size(torch.device(device)) == {"cpu": 16, "cuda": 64}[device]
     assert set(rec["metrics"]) == {"rte", "hans"}
     assert rec["metrics"]["rte"]["n"] == 12 and rec["metrics"]["hans"]["n"] == 12
     assert "by_heuristic" in rec["metrics"]["hans"]

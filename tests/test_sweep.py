@@ -28,7 +28,15 @@ def test_sweep_runs_once_then_skips_and_reports(tiny_model_dir, data_dir, tmp_pa
     ran = run_sweep(f, echo=lambda *_: None, isolate=False)
     assert len(ran) == 4
     assert run_sweep(f, echo=lambda *_: None, isolate=False) == []  # everything recorded: nothing runs again
-    rows = summarize(load_records(tmp_path / "runs"))
+    records = load_records(tmp_path / "runs")
+    assert {r["config"]["batch_size"] for r in records} == {16}  # unset: the CPU's default, recorded as chosen
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(f.read_text().replace("epochs: 1,", "epochs: 1, batch_size: 16,"))
+    assert run_sweep(pinned, echo=lambda *_: None, isolate=False) == []  # the same runs
+    pinned.write_text(f.read_text().replace("epochs: 1,", "epochs: 1, batch_size: 4,"))
+    with pytest.raises(EngrainError, match="different config .*batch_size"):
+        run_sweep(pinned, echo=lambda *_: None, isolate=False)
+    rows = summarize(records)
     assert [(r["method"], r["seeds"]) for r in rows] == [("icl", [0, 1]), ("pbft-lora", [0, 1])]
     assert "±" in rows[0]["in-domain"] and "hans:lexical_overlap" in rows[0]
     assert main(["report", str(tmp_path / "runs")]) == 0

@@ -38,7 +38,7 @@ class EvalConfig:
     limit: int | None = opt(None, "evaluate on the first N examples of each split")
     sample: int | None = opt(None, "evaluate on a seeded sample of N examples per set, stratified by label (and HANS heuristic)")
     sample_seed: int = opt(0, "seed of the evaluation sample (--sample, eval_sample): fixed, so every seed and method is scored on the same examples")
-    batch_size: int = opt(16, "queries per forward pass")
+    batch_size: int | None = opt(None, "queries per forward pass (default: 16 on CPU, 64 on a GPU)")
     precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16 or fp32")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, "folder laid out like engrain's data (default: $ENGRAIN_DATA, else the hub)")
@@ -61,7 +61,8 @@ class EvalConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise EngrainError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
-        _at_least("batch_size", self.batch_size, 1)
+        if self.batch_size is not None:
+            _at_least("batch_size", self.batch_size, 1)
         if self.limit is not None:
             _at_least("limit", self.limit, 1)
         if self.sample is not None:
@@ -138,6 +139,9 @@ def _at_least(name: str, value: Any, low: int, alternative: str = "") -> None:
 
 # Options that change where and how a run is shown or stored, not what it measures.
 NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with")
+# Options whose unset value (None) is chosen when the run starts, and recorded as chosen: a record with
+# any value of one of them is a run of a config that leaves it unset.
+RESOLVED_AT_RUN = ("batch_size",)
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # --log-with -> the package it needs
 
 

@@ -193,15 +193,17 @@ def evaluate(cfg: EvalConfig) -> dict:
 def load_for_eval(cfg) -> tuple:
     """(model, classification head or None, adapter metadata or {}): ``cfg.model`` in ``cfg.precision``, or,
     with ``cfg.adapter``, the trained model rebuilt in fp32 and copied to the compute dtype, exactly as
-    training's own evaluations ran it."""
-    from engrain.models import inference_copy, load_model, resolve_dtype
+    training's own evaluations ran it. Sets ``cfg.batch_size`` for the device where it is unset."""
+    from engrain.models import default_batch_size, inference_copy, load_model, resolve_dtype
     from engrain.params import load_trained
 
     if not cfg.adapter:
-        return load_model(cfg.model, cfg.precision, cfg.device), None, {}
-    lm, head, meta = load_trained(cfg.adapter, cfg.device)
-    lm.dtype = resolve_dtype(cfg.precision, lm.device)
-    lm.model = inference_copy(lm.model, lm.dtype)
+        lm, head, meta = load_model(cfg.model, cfg.precision, cfg.device), None, {}
+    else:
+        lm, head, meta = load_trained(cfg.adapter, cfg.device)
+        lm.dtype = resolve_dtype(cfg.precision, lm.device)
+        lm.model = inference_copy(lm.model, lm.dtype)
+    cfg.batch_size = cfg.batch_size or default_batch_size(lm.device)  # recorded as chosen
     return lm, head, meta
 
 

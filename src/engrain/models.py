@@ -133,6 +133,15 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise EngrainError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
 
 
+# Queries per forward pass when --batch-size is not given. A GPU needs bigger batches to be busy; on a
+# CPU they only pad more and hold more copies of the context's KV cache.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64}
+
+
+def default_batch_size(device: torch.device) -> int:
+    return DEFAULT_BATCH_SIZE.get(device.type, 16)
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """bf16 compute where the hardware has it (AMX / AVX512-BF16 CPUs, bf16 GPUs), else fp32."""
     if precision not in PRECISIONS:

@@ -179,6 +179,7 @@ def prepare(cfg: TrainConfig) -> Run:
     set_seed(cfg.seed)
     lm = models.load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
     lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
+    cfg.batch_size = cfg.batch_size or models.default_batch_size(lm.device)  # scoring batches; recorded as chosen
     prompter = lambda s: Prompter(s, s.prompt_format(cfg.format, cfg.template), lm.tokenizer) if s else None  # noqa: E731
     run = Run(cfg, spec, train_spec, sets, exclude, shots, acc, lm, compute, prompter(train_spec), prompter(spec), corpus, qa)
     if run.as_icl and cfg.prefix_tokens > len(run.context_ids):
