@@ -11,7 +11,7 @@ from engrain import EvalConfig, evaluate
 from engrain.data import Prompter, sample_few_shot
 from engrain.errors import EngrainError
 from engrain.evaluation import map_predictions, mcc, metrics, score, score_uncached
-from engrain.forward import encode_context
+from engrain.forward import encode_context, packed_mask, packs_queries
 from engrain.tasks import get_task, load_split
 
 
@@ -61,16 +61,57 @@ def test_cached_scores_equal_each_prompt_alone_for_every_model_family(tiny_any_d
     ctx, q, v = p.context_ids(demos), p.query_ids(val, True), p.verbalizer_ids()
     window = getattr(lm.model.config, "sliding_window", None)
     assert window is None or len(ctx) > 4 * window, "the context must outgrow the sliding window"
+    assert packs_queries(lm.model), "both families can run queries packed into one row"
     a, top = score(lm.model, ctx, q, v, batch_size=4, pad_id=lm.tokenizer.pad_token_id)
     b, _ = score_uncached(lm.model, ctx, q, v, batch_size=5, pad_id=lm.tokenizer.pad_token_id)
+    c, _ = score(lm.model, ctx, q, v, batch_size=4, pad_id=lm.tokenizer.pad_token_id, pack=False)  # a padded batch after the cache
+    d, _ = score(lm.model, ctx, q, v, batch_size=4, pad_id=lm.tokenizer.pad_token_id, pack=True)  # packed into one row
     with torch.no_grad():
         ref = torch.stack([lm.model(input_ids=torch.tensor([ctx + x], device=lm.device)).logits[0, -1].float().cpu() for x in q])
     tol = logit_tolerance(device, precision, ref[:, v])
     torch.testing.assert_close(a, ref[:, v], **tol)
     torch.testing.assert_close(b, ref[:, v], **tol)
+    torch.testing.assert_close(c, ref[:, v], **tol)
+    torch.testing.assert_close(d, ref[:, v], **tol)
     if precision == "fp32":  # bf16 rounding may flip a near-tie of the full-vocabulary argmax
         assert torch.equal(top, ref.argmax(-1))
     assert a.std(0).min() > 1e-3, "scores must vary between inputs, or this test proves nothing"
+
+
+def test_packed_mask_keeps_each_query_to_the_context_and_itself():
+    """Context of 2, queries of 2 and 1 tokens at positions 2, 3 and 2; keys: ctx0 ctx1 q0t0 q0t1 q1t0."""
+    full = [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
+    window2 = [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 1, 0, 0, 1]]  # keys fewer than 2 positions back
+    assert packed_mask(2, [2, 1], "cpu")[0, 0].int().tolist() == full
+    assert packed_mask(2, [2, 1], "cpu", window=2)[0, 0].int().tolist() == window2
+
+
+def test_default_packs_a_batch_only_when_the_context_dominates(tiny, rte_prompts, monkeypatch):
+    """pack=None packs a batch whose query tokens are at most PACK_MAX_RATIO x the context's; pack=True always."""
+    from engrain import forward
+
+    p, demos, val = rte_prompts
+    ctx, q = p.context_ids(demos), p.query_ids(val, True)
+    packed_sizes, real = [], forward.packed_last_outputs
+
+    def counting(model, cache, n_ctx, queries, hidden=False):
+        packed_sizes.append(sum(map(len, queries)))
+        return real(model, cache, n_ctx, queries, hidden)
+
+    monkeypatch.setattr(forward, "packed_last_outputs", counting)
+
+    def run(batch_size, pack=None):
+        packed_sizes.clear()
+        list(forward.last_outputs(tiny.model, ctx, q, batch_size, tiny.tokenizer.pad_token_id, pack=pack))
+        return list(packed_sizes)
+
+    assert len(run(1)) == len(q), "one query is always shorter than twice a 4-shot context"
+    big = forward.PACK_MAX_RATIO * len(ctx)
+    assert sum(map(len, q)) > big, "all queries together must outgrow the limit, or this test proves nothing"
+    assert run(len(q)) == [] and run(len(q), pack=True) == [sum(map(len, q))]
+    mixed = run(4)
+    assert 0 < len(mixed) and all(n <= big for n in mixed)
+    assert run(4, pack=False) == []
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])

@@ -35,16 +35,18 @@ def score(
     cache=None,
     progress=None,
     head: torch.nn.Module | None = None,
+    pack: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefix-cached scoring: class logits (N, C) in fp32 and the full-vocabulary argmax (N,).
 
     The class logits are the verbaliser tokens' logits at the answer position, or, with a
-    classification ``head``, the head applied to the last token's final hidden state.
+    classification ``head``, the head applied to the last token's final hidden state. ``pack``: see
+    :func:`~engrain.forward.last_outputs`.
     """
     verb = torch.tensor(list(verbalizer_ids), device=model.device)
     out_v = torch.empty(len(queries), head.out_features if head is not None else len(verbalizer_ids))
     out_top = torch.empty(len(queries), dtype=torch.long)
-    batches = last_outputs(model, context_ids, queries, batch_size, pad_id, cache, head is not None)
+    batches = last_outputs(model, context_ids, queries, batch_size, pad_id, cache, head is not None, pack)
     for idx, logits, h in batches:
         logits = logits.float()  # (B, V)
         cls = logits[:, verb] if head is None else head(h.float())  # (B, C)
