@@ -103,3 +103,15 @@ def test_train_bad_options_exit_2_before_loading(tmp_path, capsys, argv, message
     code, _, err = run(capsys, "train", "--model", "/no/such/model", "--out", str(tmp_path), *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert not list(tmp_path.iterdir())
+
+
+def test_python_dash_m_engrain_is_the_command(tmp_path):
+    """``python -m engrain`` (no console script needed, e.g. on a machine with only PYTHONPATH=src)
+    passes main's exit code through: 2 and one line for bad input."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "engrain", "report", str(tmp_path / "missing")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "missing" in p.stderr
