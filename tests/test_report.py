@@ -33,6 +33,16 @@ def test_an_option_missing_from_an_older_record_counts_as_its_default():
     assert len(summarize([old, new])) == 1
 
 
+def test_mcc_sits_beside_accuracy_where_the_records_have_it():
+    """On an unbalanced set (QQP, PAWS-QQP) accuracy flatters a constant guess; MCC is 0 for it."""
+    runs = [record(s, 0.62) for s in (0, 1)]
+    for r, m in zip(runs, (0.0, 0.2)):
+        r["metrics"]["rte"]["mcc"] = m
+    row = summarize(runs)[0]
+    assert row["in-domain MCC"] == "0.100 ± 0.141" and list(row).index("in-domain MCC") == list(row).index("in-domain") + 1
+    assert "in-domain MCC" not in summarize([record(0, 0.5)])[0]  # a document task's records have none
+
+
 def test_forgetting_columns_appear_where_it_was_measured():
     assert "RTE 16-shot after" not in summarize([record(0, 0.5)])[0]
     probe = lambda acc, ppl: {"rte_icl16_accuracy": acc, "heldout_perplexity": ppl}  # noqa: E731
@@ -86,6 +96,11 @@ def test_report_out_writes_markdown_self_contained_html_and_plots(tmp_path, caps
     pngs = sorted(p.name for p in out.glob("*.png"))
     for name in ("shots_mnli.png", "ood_vs_id_mnli.png", "cost_rte.png", "hans.png", "curves_mnli.png", "documents_facts.png"):
         assert name in pngs and f"]({name})" in md
+    from matplotlib.image import imread
+
+    height, width = imread(out / "shots_mnli.png").shape[:2]
+    assert width > 2.5 * height  # two panels side by side (one alone is 6.5 x 4 inches): MCC beside accuracy
+    assert "| in-domain MCC |" not in md.split("## mnli")[0] and "in-domain MCC" in md.split("## mnli")[1]  # facts: none
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(pngs) and not re.search(r"src=['\"]https?:", html)  # opens offline
     assert "<table>" in html and "distill-lora" in html

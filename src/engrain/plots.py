@@ -3,7 +3,7 @@ plots, every number from the run records (engrain.results.scan_records / flatten
 engrain.report.summarize's).
 
 Plots, each where the records have what it needs:
-  shots_<task>.png      in-domain accuracy against k per method, mean ± std over seeds (the llmft view)
+  shots_<task>.png      in-domain accuracy (and MCC) against k per method, mean ± std over seeds (the llmft view)
   ood_vs_id_<task>.png  out-of-domain against in-domain accuracy, one point per run, coloured by method
   cost_<task>.png       train time, peak memory and per-query time per method, and break-even queries vs ICL
   hans.png              HANS accuracy per heuristic x gold label per method (heatmap)
@@ -52,22 +52,27 @@ def _save(fig, path: Path) -> Path:
 
 
 def shots_curve(rows: list[dict], task: str, out: Path) -> Path | None:
+    """In-domain accuracy against k per method, and MCC beside it where the records have it (on an
+    unbalanced set a constant guess scores the majority share in accuracy, 0 in MCC)."""
     rs = [r for r in rows if r["task"] == task]
     if _is_doc(task) or len({r["shots"] for r in rs}) < 2:  # documents have no k
         return None
+    metrics = ["accuracy"] + (["mcc"] if all(r.get(f"metrics.{task}.mcc") is not None for r in rs) else [])
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (variant,), group in sorted(_by(rs, "variant").items()):
-        ks = sorted({r["shots"] for r in group})
-        accs = [[r[f"metrics.{task}.accuracy"] for r in group if r["shots"] == k] for k in ks]
-        mean = [statistics.mean(a) for a in accs]
-        std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in accs]
-        ax.plot(ks, mean, marker="o", label=variant)
-        ax.fill_between(ks, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="k (shots)", ylabel=f"{task} accuracy", title=f"{task}: in-domain accuracy against k (mean ± std over seeds)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for (variant,), group in sorted(_by(rs, "variant").items()):
+            ks = sorted({r["shots"] for r in group})
+            vals = [[r[f"metrics.{task}.{metric}"] for r in group if r["shots"] == k] for k in ks]
+            mean = [statistics.mean(v) for v in vals]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            ax.plot(ks, mean, marker="o", label=variant)
+            ax.fill_between(ks, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
+        ax.set_xscale("log", base=2)
+        name = "MCC" if metric == "mcc" else metric
+        ax.set(xlabel="k (shots)", ylabel=f"{task} {name}", title=f"{task}: in-domain {name} against k (mean ± std over seeds)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     return _save(fig, out / f"shots_{task}.png")
 
 

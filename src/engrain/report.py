@@ -152,8 +152,8 @@ def group_runs(records: list[dict]) -> list[tuple[dict, list[dict]]]:
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """One row per configuration (everything but the seed) over seeds: accuracy mean ± std per
-    evaluation set, HANS per heuristic, train time, peak memory and per-query inference time."""
+    """One row per configuration (everything but the seed) over seeds: accuracy (and MCC) mean ± std
+    per evaluation set, HANS per heuristic, train time, peak memory and per-query inference time."""
     import statistics
 
     rows = []
@@ -163,6 +163,8 @@ def summarize(records: list[dict]) -> list[dict]:
         for split in rs[0]["metrics"]:
             col = "in-domain" if split == task else split  # one column for every task's own validation set
             row[col] = _mean_std([r["metrics"][split]["accuracy"] for r in rs])
+            if all("mcc" in r["metrics"][split] for r in rs):  # 0 for a constant guess, which accuracy flatters on QQP
+                row[f"{col} MCC"] = _mean_std([r["metrics"][split]["mcc"] for r in rs])
             for heur in rs[0]["metrics"][split].get("by_heuristic", {}):
                 row[f"{col}:{heur}"] = _mean_std([r["metrics"][split]["by_heuristic"][heur]["all"] for r in rs])
             per_query = [r["measure"][split]["seconds"] / r["metrics"][split]["n"] * 1000 for r in rs]
