@@ -106,3 +106,41 @@ def test_report_out_writes_markdown_self_contained_html_and_plots(tmp_path, caps
     assert "<table>" in html and "distill-lora" in html
     assert "break-even queries" in md  # trained methods weighed against ICL's per-query cost
     assert main(["report", str(nli), str(facts), "--into", str(tmp_path / "x.md")]) == 2
+
+
+def test_timings_from_machines_of_different_speed_are_flagged():
+    from engrain.report import machine_note
+
+    def on(peak: float, dtype: str = "bfloat16") -> dict:
+        r = record(0, 0.5)
+        r["measure"]["matmul_peak_tflops"], r["model"] = peak, {"dtype": dtype, "device_name": "AMD EPYC"}
+        return r
+
+    assert machine_note([on(0.97), on(1.03), record(1, 0.5)]) is None  # one machine, measured twice; an old record without a peak
+    assert machine_note([on(1.0), on(0.2, "float32")]) is None  # fp32 is slower on the same machine: that is the run, not the machine
+    note = machine_note([on(0.41), on(0.41), on(1.03)])
+    assert note and "0.41" in note and "1.03" in note and "2.5x" in note and "MFU" in note
+
+
+def test_the_report_says_when_its_timings_come_from_different_machines(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from engrain.cli import main
+
+    shots = Path(__file__).resolve().parents[1] / "docs" / "results" / "fewshot_shots"
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for k, peak in ((16, 1.0), (32, 1.0)):
+        rec = json.loads((shots / f"eval-cola-icl-smollm2-135m-k{k}-s0-sample3000.json").read_text())
+        rec["measure"]["matmul_peak_tflops"] = peak
+        (folder / f"k{k}.json").write_text(json.dumps(rec))
+    assert main(["report", str(folder), "--out", str(tmp_path / "same")]) == 0
+    assert "different speed" not in (tmp_path / "same" / "report.md").read_text()
+    rec["measure"]["matmul_peak_tflops"] = 0.4  # k = 32 measured on a machine 2.5x slower
+    (folder / "k32.json").write_text(json.dumps(rec))
+    assert main(["report", str(folder), "--out", str(tmp_path / "mixed")]) == 0
+    assert "machines of different speed" in (tmp_path / "mixed" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["report", str(folder)]) == 0
+    assert "0.40 TFLOP/s in 1 records, 1.00 TFLOP/s in 1 records (2.5x apart)" in capsys.readouterr().out

@@ -95,7 +95,7 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from engrain.report import markdown, summarize
+    from engrain.report import machine_note, markdown, summarize
     from engrain.results import scan_records
 
     if args.out:
@@ -107,10 +107,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"{made['records']} records read, {len(made['skipped'])} files skipped; wrote {made['markdown']}, {made['html']} "
               f"and {len(made['images'])} plots")
         return
-    rows = summarize(scan_records(args.folders))
+    records = scan_records(args.folders)
+    rows = summarize(records)
     if not rows:
         raise EngrainError(f"no run records in {', '.join(args.folders)}")
-    table = markdown(rows)
+    table = markdown(rows) + (f"\n\n{note}" if (note := machine_note(records)) else "")
     if not args.into:
         print(table)
         return

@@ -198,7 +198,7 @@ def documents(rows: list[dict], task: str, out: Path) -> Path | None:
 
 def build(folders: list[str], out: str | Path) -> dict:
     """Write report.md, report.html and the plots into ``out``; returns their paths and what was read."""
-    from engrain.report import markdown, summarize
+    from engrain.report import machine_note, markdown, summarize
     from engrain.results import flatten, scan_records
 
     skipped: list[str] = []
@@ -231,6 +231,7 @@ def build(folders: list[str], out: str | Path) -> dict:
     head = ["# engrain report", "", f"{len(records)} run records read from {', '.join(f'`{f}`' for f in folders)}; "
             f"{len(skipped)} files skipped" + (":" if skipped else "."), ""]
     head += [f"- {s.removeprefix('engrain: ')}" for s in skipped] + ([""] if skipped else [])
+    head += [note, ""] if (note := machine_note(records)) else []
     md = "\n".join(head) + "\n" + "\n".join(sections)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(to_html(md, out))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 from rich.console import Console
 from rich.table import Table
 
@@ -199,6 +201,24 @@ def _with_speedup(rows: list[dict]) -> list[dict]:
         moved = row["method"] in IN_PROMPT or row["method"] not in BASELINES  # closed book never had the context
         out.append(dict(items[:at] + [("speed-up vs icl", f"{base / ms:.1f}" if base and moved else "-")] + items[at:]))
     return out
+
+
+MACHINE_SPREAD = 1.5  # matmul peaks (same dtype) further apart than this: the records come from machines of different speed
+
+
+def machine_note(records: list[dict]) -> str | None:
+    """A warning when the records' timings come from machines of different speed, by their measured matmul peak per dtype."""
+    peaks: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        if peak := r.get("measure", {}).get("matmul_peak_tflops"):
+            peaks[r.get("model", {}).get("dtype", "?")][round(peak, 2)] += 1
+    spread = {dtype: c for dtype, c in peaks.items() if max(c) >= MACHINE_SPREAD * min(c)}
+    if not spread:
+        return None
+    parts = [f"{dtype}: " + ", ".join(f"{p:.2f} TFLOP/s in {n} records" for p, n in sorted(c.items())) + f" ({max(c) / min(c):.1f}x apart)"
+             for dtype, c in sorted(spread.items())]
+    return ("Timings come from machines of different speed (measured matmul peak, " + "; ".join(parts) + "): "
+            "compare times only between runs measured on the same machine, or compare MFU.")
 
 
 def markdown(rows: list[dict]) -> str:
