@@ -203,7 +203,7 @@ def _with_speedup(rows: list[dict]) -> list[dict]:
     return out
 
 
-MACHINE_SPREAD = 1.5  # matmul peaks (same dtype) further apart than this: the records come from machines of different speed
+MACHINE_SPREAD = 1.5  # matmul peaks (same dtype) this far apart or more: the records come from machines of different speed
 
 
 def machine_note(records: list[dict]) -> str | None:
