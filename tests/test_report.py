@@ -144,3 +144,16 @@ def test_the_report_says_when_its_timings_come_from_different_machines(tmp_path,
     capsys.readouterr()
     assert main(["report", str(folder)]) == 0
     assert "0.40 TFLOP/s in 1 records, 1.00 TFLOP/s in 1 records (2.5x apart)" in capsys.readouterr().out
+
+
+def test_cost_rows_run_in_numeric_k_order_and_break_even_is_training_over_time_saved(tmp_path):
+    from engrain.plots import cost
+
+    def row(variant: str, shots: int, ms: float, train: float | None = None) -> dict:
+        r = {"task": "rte", "variant": variant, "shots": shots, "measure.rte.seconds": ms / 1000 * 100, "metrics.rte.n": 100}
+        return r | ({"measure.train.seconds": train} if train is not None else {})
+
+    rows = [row("pbft-lora", 128, 20.0, 400.0), row("icl", 128, 220.0), row("icl", 16, 60.0), row("pbft-lora", 16, 20.0, 80.0)]
+    _, stats = cost(rows, "rte", tmp_path)
+    assert [(s["shots"], s["variant"]) for s in stats] == [(16, "icl"), (16, "pbft-lora"), (128, "icl"), (128, "pbft-lora")]
+    assert [s["break-even queries"] for s in stats] == [None, 2000, None, 2000]  # 80 s / 40 ms saved; 400 s / 200 ms saved

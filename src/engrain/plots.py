@@ -38,6 +38,11 @@ def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     return out
 
 
+def _natural(key: tuple) -> tuple:
+    """Sort key for group keys mixing names, shot counts and None: numbers in numeric order (k = 16 before 128)."""
+    return tuple((v is None, not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v)) for v in key)
+
+
 def _is_doc(task: str) -> bool:
     from engrain.tasks.documents import is_document_task
 
@@ -101,7 +106,7 @@ def cost(rows: list[dict], task: str, out: Path) -> tuple[Path | None, list[dict
     rs = [r for r in rows if r["task"] == task]
     per_query = lambda r: r[f"measure.{task}.seconds"] / r[f"metrics.{task}.n"] * 1000  # noqa: E731
     stats = []
-    for (variant, shots), group in sorted(_by(rs, "variant", "shots").items(), key=lambda kv: (str(kv[0][1]), kv[0][0])):
+    for (variant, shots), group in sorted(_by(rs, "variant", "shots").items(), key=lambda kv: _natural(kv[0][::-1])):
         train = [r.get("measure.train.seconds", 0.0) + r.get("teacher.seconds", 0.0) for r in group]
         peak = [r.get("measure.train.peak_memory_mb") or r.get(f"measure.{task}.peak_memory_mb", 0.0) for r in group]
         stats.append({"variant": variant, "shots": shots, "adapt s": statistics.median(train), "peak MB": max(peak),
@@ -130,7 +135,7 @@ def hans_heatmap(rows: list[dict], out: Path) -> Path | None:
     rs = [r for r in rows if any(k in r for k in keys)]
     if not keys or not rs:
         return None
-    groups = sorted(_by(rs, "task", "variant", "shots").items(), key=lambda kv: [str(x) for x in kv[0]])
+    groups = sorted(_by(rs, "task", "variant", "shots").items(), key=lambda kv: _natural(kv[0]))
     import numpy as np
 
     grid = np.array([[statistics.mean([r[k] for r in g if k in r] or [float("nan")]) for k in keys] for _, g in groups])
@@ -158,7 +163,7 @@ def training_curves(records: list[dict], task: str, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
     groups = _by([{"variant": variant("train", r["method"], r["config"]), "shots": r["config"]["shots"], "r": r} for r in rs], "variant", "shots")
     for ax, split in zip(axes[0], splits):
-        for (name, shots), group in sorted(groups.items(), key=lambda kv: [str(x) for x in kv[0]]):
+        for (name, shots), group in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
             by_epoch: dict[int, list[float]] = defaultdict(list)
             for g in group:
                 for point in g["r"]["curve"]:
