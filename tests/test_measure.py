@@ -42,6 +42,22 @@ def test_matmul_peak_is_cached(tmp_path, monkeypatch):
     assert matmul_peak(torch.device("cpu"), torch.float32) == first
 
 
+def test_matmul_peak_is_measured_again_after_a_reboot_or_on_another_host(tmp_path, monkeypatch):
+    """Hosts sold under one CPU name differ (2.5x here): a peak cached on one must not stand for another."""
+    import json
+
+    import engrain.measure
+
+    monkeypatch.setenv("ENGRAIN_CACHE", str(tmp_path))
+    probes = []
+    monkeypatch.setattr(engrain.measure, "measure_matmul_peak", lambda device, dtype: probes.append(1) or 1e9 * len(probes))
+    monkeypatch.setattr(engrain.measure, "boot_id", lambda: "host-a")
+    assert matmul_peak(torch.device("cpu"), torch.float32) == matmul_peak(torch.device("cpu"), torch.float32) == 1e9
+    monkeypatch.setattr(engrain.measure, "boot_id", lambda: "host-b")
+    assert matmul_peak(torch.device("cpu"), torch.float32) == 2e9 and len(probes) == 2
+    assert all("host-b" in key for key in json.loads((tmp_path / "matmul_peak.json").read_text()))  # the old host's entry is dropped
+
+
 def test_the_matmul_probe_is_bounded_where_products_are_slow():
     """Emulated bf16 multiplies at ~1 GFLOP/s: a 4096-square product would take over two minutes.
     The probe must stop growing n and return within its budget, with the rate it saw."""

@@ -127,13 +127,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def boot_id() -> str:
+    """This boot of this host (a new VM, node or reboot gets a new one); the host name where Linux's is unreadable."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return platform.node()
+
+
 def _peak_key(device: torch.device, dtype: torch.dtype) -> str:
+    """Per boot as well as per CPU or GPU name: hosts sold under one name ("AMD EPYC") differ 2.5x."""
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
         where = f"{cpu_name()} x{torch.get_num_threads()} threads"
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")  # a cap on oneDNN's instructions changes the peak (AVX2: bf16 emulated)
-    return f"{where} | {str(dtype).replace('torch.', '')} | torch {torch.__version__}" + (f" | isa {isa}" if isa else "")
+    return f"boot {boot_id()} | {where} | {str(dtype).replace('torch.', '')} | torch {torch.__version__}" + (f" | isa {isa}" if isa else "")
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype, budget: float = 0.8, matmul=torch.matmul) -> float:
@@ -169,7 +178,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, budget: float 
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
-    """The measured matmul peak for this machine, cached in $ENGRAIN_CACHE/matmul_peak.json."""
+    """The measured matmul peak for this machine, cached in $ENGRAIN_CACHE/matmul_peak.json for this boot."""
     from engrain.models import cache_dir
 
     path = cache_dir() / "matmul_peak.json"
@@ -179,6 +188,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> fl
     except (OSError, ValueError):
         table = {}
     if key not in table:
+        this_boot = key.split(" | ", 1)[0]
+        table = {k: v for k, v in table.items() if k.startswith(this_boot + " | ")}  # other boots' peaks no longer hold
         table[key] = measure_matmul_peak(device, dtype)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
