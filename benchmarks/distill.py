@@ -13,10 +13,12 @@
             total time <= 1.5x pbft's).
 
 Same model (smollm2-135m), precision (bf16 autocast, fp32 weights), k=16 demonstrations (seed 0),
-transfer set, batch size (training and teacher), steps and learning rate. Prints wall time (teacher
-+ student), student tokens/s and peak RSS, and the ratios; writes benchmarks/results/distill.json.
+transfer set, batch size (training and teacher), steps, learning rate and device (--device: auto
+picks CUDA where there is one). Prints wall time (teacher + student), student tokens/s and peak
+memory (process RSS on CPU, the allocator's max allocated on CUDA), and the ratios; writes
+benchmarks/results/distill.json.
 
-    python benchmarks/distill.py [--shots 16] [--transfer 64] [--steps 16]
+    python benchmarks/distill.py [--shots 16] [--transfer 64] [--steps 16] [--device auto]
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def config(method: str, args):
     epochs = args.steps * args.batch_size // (args.transfer if method == "distill" else args.shots)
     return TrainConfig(model=args.model, task="rte", shots=args.shots, seed=0, method=method, params="lora", epochs=epochs,
                        lr=2e-4, warmup_ratio=0.0, train_batch_size=args.batch_size, batch_size=args.batch_size, transfer_size=args.transfer, data_dir=DATA,
-                       out=None, progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9)
+                       out=None, progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9, device=args.device)
 
 
 def run_engrain(method: str, args) -> dict:
@@ -68,15 +70,15 @@ def run_naive(args) -> dict:
     model = get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
     g = torch.Generator().manual_seed(0)
-    tokens, step = 0, 0
-    with Meter() as m:
+    tokens, step, dev = 0, 0, lm.device
+    with Meter(dev) as m:
         while step < args.steps:
             for idx in torch.randperm(len(inputs), generator=g).split(args.batch_size):
                 if step == args.steps:
                     break
-                t_batch = collate([{"input_ids": teacher_ids[i]} for i in idx], pad, side)
-                s_batch = collate([{"input_ids": student_ids[i]} for i in idx], pad, side)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                t_batch = {k: v.to(dev) for k, v in collate([{"input_ids": teacher_ids[i]} for i in idx], pad, side).items()}
+                s_batch = {k: v.to(dev) for k, v in collate([{"input_ids": student_ids[i]} for i in idx], pad, side).items()}
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
                     with torch.no_grad(), model.disable_adapter():  # the teacher: base weights, full context, every step
                         t = forward_last(model, t_batch)[0][:, verb].float()
                     s = forward_last(model, s_batch)[0][:, verb].float()
@@ -114,11 +116,11 @@ def run_sdft(args) -> dict:
         cfg = SDFTConfig(output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=2e-4,
                          lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, num_generations=1,
                          max_completion_length=1, max_prompt_length=2048, teacher_prompt_template="{privileged_context}\n\n{prompt}",
-                         teacher_model_kind="base", bf16=True, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+                         teacher_model_kind="base", bf16=True, gradient_checkpointing=False, use_cpu=lm.device.type == "cpu", report_to="none", save_strategy="no",
                          logging_steps=10**6, disable_tqdm=True, seed=0, dataloader_num_workers=0)
         trainer = SDFTTrainer(model=lm.model, args=cfg, train_dataset=data, processing_class=tokenizer,
                               peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-        with Meter() as m:
+        with Meter(lm.device) as m:
             out = trainer.train()
     # Student tokens (prompt + the one sampled answer token): the transfer set's mean times the examples
     # the steps saw, since the trainer does not report which ones it drew.
@@ -139,13 +141,14 @@ def _setup(args):
     exclude = {example_key(s, ex) for s, exs, _ in eval_sets(spec, cfg) for ex in exs}
     demos = sample_few_shot(spec, load_split(spec, "train", DATA), cfg.shots, 0, True, exclude)
     inputs = transfer_set(cfg, spec, demos, exclude)
-    lm = load_model(args.model, "fp32", "cpu")
+    lm = load_model(args.model, "fp32", args.device)
     return lm, Prompter(spec, spec.prompt_format(), lm.tokenizer), demos, inputs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--transfer", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -158,9 +161,12 @@ def main() -> None:
         print(json.dumps(run(args) if run else run_engrain(args.one, args)))
         return
 
-    from engrain.measure import host, versions
+    from engrain.measure import host, memory_kind, versions
+    from engrain.models import resolve_device
 
-    res = {"machine": host(), "versions": versions(), "model": args.model, "task": "rte", "shots": args.shots,
+    device = resolve_device(args.device)
+    res = {"machine": host(), "versions": versions(), "model": args.model, "device": str(device), "memory": memory_kind(device),
+           "task": "rte", "shots": args.shots,
            "transfer": args.transfer, "batch_size": args.batch_size, "steps": args.steps, "runs": {}}
     import importlib.util
 
@@ -176,7 +182,7 @@ def main() -> None:
         r["student_tokens_per_s"] = r["student_tokens"] / r["seconds"]
         res["runs"][way] = r
         extra = f" (teacher {r['teacher_seconds']:.1f} s + student {r['student_seconds']:.1f} s)" if "teacher_seconds" in r else ""
-        print(f"  {way:8s} {r['seconds']:7.1f} s{extra}  {r['student_tokens_per_s']:6.0f} tokens/s  peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+        print(f"  {way:8s} {r['seconds']:7.1f} s{extra}  {r['student_tokens_per_s']:6.0f} tokens/s  peak {r['peak_rss_mb']:6.0f} MB ({res['memory']})", flush=True)
     d, n, p = res["runs"]["distill"], res["runs"]["naive"], res["runs"]["pbft"]
     res["speedup_over_naive"] = n["seconds"] / d["seconds"]
     res["memory_vs_naive"] = d["peak_rss_mb"] / n["peak_rss_mb"]

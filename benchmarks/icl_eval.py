@@ -31,7 +31,7 @@ import torch
 from engrain.data import Prompter, sample_few_shot
 from engrain.evaluation import score, score_uncached
 from engrain.forward import encode_context
-from engrain.measure import FlopModel, Meter, causal_pairs, host, matmul_peak, versions
+from engrain.measure import FlopModel, Meter, causal_pairs, host, matmul_peak, memory_kind, versions
 from engrain.models import load_model
 from engrain.tasks import get_task, load_split
 
@@ -49,14 +49,16 @@ def score_llmft_style(model, ctx, queries, verb, batch_size, pad_id, max_length)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
+        ids, mask = ids.to(model.device), mask.to(model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V): every position
         last = mask.sum(1) - 1
-        out[start : start + len(seqs)] = logits[torch.arange(len(seqs)), last][:, verb].float()
+        out[start : start + len(seqs)] = logits[torch.arange(len(seqs), device=ids.device), last][:, verb].float().cpu()
     return out
 
 
 def timed(fn, device, repeats):
-    """Median seconds over ``repeats`` runs, the last result, and the largest peak RSS."""
+    """Median seconds over ``repeats`` runs, the last result, and the largest peak memory (RSS on CPU,
+    the allocator's max allocated on CUDA)."""
     times, peak, result = [], 0.0, None
     for _ in range(repeats):
         with Meter(device) as m:
@@ -70,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("ENGRAIN_DATA", str(HERE.parents[1] / "shared" / "data")))
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=2048, help="llmft's fixed padding length for (b)")
@@ -79,7 +82,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "icl_eval.json"))
     args = ap.parse_args()
 
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device)
     spec = get_task("rte")
     demos = sample_few_shot(spec, load_split(spec, "train", args.data_dir), args.shots, 0)
     val = load_split(spec, "validation", args.data_dir)
@@ -88,7 +91,7 @@ def main() -> None:
     pad, bs, dev = lm.tokenizer.pad_token_id, args.batch_size, lm.device
     if len(ctx) + max(map(len, q)) > args.max_length:
         raise SystemExit(f"--max-length {args.max_length} is shorter than the longest prompt")
-    print(f"{lm.name} {lm.dtype} | RTE validation {len(q)} queries | {args.shots}-shot context {len(ctx)} tokens | batch {bs}")
+    print(f"{lm.name} {lm.dtype} on {dev} | RTE validation {len(q)} queries | {args.shots}-shot context {len(ctx)} tokens | batch {bs}")
     score(lm.model, ctx, q[:bs], verb, bs, pad)  # warm-up
 
     def engrain_path():  # the context cache is part of the cost
@@ -112,6 +115,7 @@ def main() -> None:
         "machine": host(),
         "versions": versions(),
         "model": lm.name,
+        "device": str(dev),
         "dtype": str(lm.dtype),
         "shots": args.shots,
         "context_tokens": len(ctx),
@@ -123,13 +127,14 @@ def main() -> None:
         "ratio_a_over_b": rate["a_engrain"] / rate["b_llmft"],
         "ratio_a_over_c": rate["a_engrain"] / rate["c_concat_dynamic"],
         "ratio_a_over_d": rate["a_engrain"] / rate["d_cache_padded_batch"],
-        "peak_rss_mb": {"a": mem_a, "b": mem_b, "c": mem_c, "d": mem_d},
+        "peak_rss_mb": {"a": mem_a, "b": mem_b, "c": mem_c, "d": mem_d},  # the key predates CUDA: see "memory"
+        "memory": memory_kind(dev),
         "engrain_mfu": flops / (peak * t_a),
         "matmul_peak_tflops": peak / 1e12,
         "prediction_agreement": {"a_vs_b": agree_b, "a_vs_c": agree_c, "a_vs_d": agree_d},
     }
     for k, v in rate.items():
-        print(f"  {k:18s} {v:8.2f} examples/s   peak RSS {res['peak_rss_mb'][k[0]]:7.0f} MB")
+        print(f"  {k:18s} {v:8.2f} examples/s   peak {res['peak_rss_mb'][k[0]]:7.0f} MB ({res['memory']})")
     print(f"  a/b = {res['ratio_a_over_b']:.1f}x   a/c = {res['ratio_a_over_c']:.1f}x   a/d = {res['ratio_a_over_d']:.2f}x   engrain MFU {res['engrain_mfu']:.1%} "
           f"of {peak / 1e12:.2f} TFLOP/s (measured {str(lm.dtype).replace('torch.', '')} matmul peak)")
     print(f"  predictions agree: a vs b {agree_b:.1%}, a vs c {agree_c:.1%}, a vs d {agree_d:.1%}")

@@ -7,11 +7,12 @@
            the answer token (labels -100 elsewhere), logits for every position.
 
 Same model (smollm2-135m), data (RTE, 32 shots, seed 0), batch size, learning rate and number of
-optimizer steps. Each run is a fresh subprocess so peak RSS is its own. Prints wall time of the
-training loop, real (non-pad) tokens/s and peak RSS, and the ratios; writes
-benchmarks/results/train_pbft.json.
+optimizer steps, on the same device (--device: auto picks CUDA where there is one; the Trainer
+stays fp32 there too). Each run is a fresh subprocess so its peak memory is its own (process RSS on
+CPU, the allocator's max allocated on CUDA). Prints wall time of the training loop, real (non-pad)
+tokens/s and peak memory, and the ratios; writes benchmarks/results/train_pbft.json.
 
-    python benchmarks/train_pbft.py [--steps 12] [--max-length 256]
+    python benchmarks/train_pbft.py [--steps 12] [--max-length 256] [--device auto]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def run_engrain(params: str, args) -> dict:
     epochs = args.steps * args.batch_size // args.shots
     cfg = TrainConfig(model=args.model, task="rte", shots=args.shots, seed=0, method="pbft", params=params, epochs=epochs,
                       lr=LR[params], warmup_ratio=0.0, train_batch_size=args.batch_size, data_dir=DATA, out=None,
-                      progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9)
+                      progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9, device=args.device)
     rec, _, _ = train_model(cfg)
     t = rec["measure"]["train"]
     return {"seconds": t["seconds"], "steps": t["steps"], "tokens": t["tokens"], "peak_rss_mb": t["peak_memory_mb"]}
@@ -47,7 +48,7 @@ def run_trainer(params: str, args) -> dict:
 
     from engrain.data import Prompter, sample_few_shot
     from engrain.measure import Meter
-    from engrain.models import dequantised_folder, resolve_source
+    from engrain.models import dequantised_folder, resolve_device, resolve_source
     from engrain.tasks import get_task, load_split
 
     folder = dequantised_folder(resolve_source(args.model)[1])
@@ -56,6 +57,7 @@ def run_trainer(params: str, args) -> dict:
     tok = AutoTokenizer.from_pretrained(folder)
     tok.pad_token = tok.pad_token or tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    device = resolve_device(args.device)
     if params == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -73,10 +75,10 @@ def run_trainer(params: str, args) -> dict:
                      "labels": labels + [-100] * pad})
     targs = TrainingArguments(output_dir=str(Path(args.tmp) / f"trainer-{params}"), per_device_train_batch_size=args.batch_size,
                               max_steps=args.steps, learning_rate=LR[params], lr_scheduler_type="constant", warmup_steps=0,
-                              report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, seed=0,
+                              report_to=[], save_strategy="no", logging_strategy="no", use_cpu=device.type == "cpu", seed=0,
                               dataloader_num_workers=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=targs, train_dataset=rows)
-    with Meter() as m:
+    with Meter(device) as m:
         trainer.train()
     epochs = args.steps * args.batch_size / len(rows)
     return {"seconds": m.seconds, "steps": args.steps, "tokens": int(n_tokens * epochs), "peak_rss_mb": m.peak_mb}
@@ -85,6 +87,7 @@ def run_trainer(params: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--shots", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps (a multiple of shots / batch size)")
@@ -99,9 +102,12 @@ def main() -> None:
         print(json.dumps((run_engrain if way == "engrain" else run_trainer)(params, args)))
         return
 
-    from engrain.measure import host, versions
+    from engrain.measure import host, memory_kind, versions
+    from engrain.models import resolve_device
 
-    res = {"machine": host(), "versions": versions(), "model": args.model, "task": "rte", "shots": args.shots,
+    device = resolve_device(args.device)
+    res = {"machine": host(), "versions": versions(), "model": args.model, "device": str(device), "memory": memory_kind(device),
+           "task": "rte", "shots": args.shots,
            "batch_size": args.batch_size, "steps": args.steps, "trainer_max_length": args.max_length, "runs": {}}
     for params in args.params.split(","):
         for way in ("engrain", "trainer"):
@@ -112,7 +118,7 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["tokens_per_s"] = r["tokens"] / r["seconds"]
             res["runs"][f"{way}-{params}"] = r
-            print(f"  {way:8s} {params:5s} {r['seconds']:7.1f} s  {r['tokens_per_s']:8.0f} tokens/s  peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+            print(f"  {way:8s} {params:5s} {r['seconds']:7.1f} s  {r['tokens_per_s']:8.0f} tokens/s  peak {r['peak_rss_mb']:6.0f} MB ({res['memory']})", flush=True)
         e, t = res["runs"][f"engrain-{params}"], res["runs"][f"trainer-{params}"]
         res[f"{params}_throughput_ratio"] = e["tokens_per_s"] / t["tokens_per_s"]
         res[f"{params}_memory_ratio"] = e["peak_rss_mb"] / t["peak_rss_mb"]

@@ -30,7 +30,7 @@ def corpus(tmp_path):
 def doc_cfg(tiny_model_dir, data_dir, out, corpus, method, **kw):
     base = dict(model=str(tiny_model_dir), task="rte", method=method, params="lora", train_data=str(corpus), epochs=3, lr=3e-2,
                 warmup_ratio=0.0, limit=4, eval_sample=2, chunk_tokens=16, train_batch_size=4, precision="fp32",
-                data_dir=str(data_dir), out=str(out), progress=False)
+                data_dir=str(data_dir), out=str(out), progress=False, device="cpu")  # CPU references, GPU or not
     return TrainConfig(**{**base, **kw})
 
 
@@ -132,7 +132,7 @@ def run_cli(capsys, *argv):
 def test_eval_a_document_task_closed_and_open_book(tiny_model_dir, tmp_path, capsys):
     for extra, method in (((), "closed-book"), (("--open-book",), "open-book")):
         code, out, err = run_cli(capsys, "eval", "--model", str(tiny_model_dir), "--task", "facts", "--limit", "30", "--precision", "fp32",
-                                 "--out", str(tmp_path), "--no-progress", *extra)
+                                 "--device", "cpu", "--out", str(tmp_path), "--no-progress", *extra)
         assert code == 0, err
         assert f"{method} | " in out and "paraphrase" in out and "verbatim" in out  # the first 30: organisations
         rec = json.loads((tmp_path / f"eval-facts-{method}-tiny-llama0-s0-n30.json").read_text())

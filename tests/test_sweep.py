@@ -14,7 +14,7 @@ from engrain.sweep import plan, run_sweep
 def write_sweep(tmp_path, tiny_model_dir, data_dir, extra=""):
     f = tmp_path / "sweep.yaml"
     f.write_text(f"""out: {tmp_path / 'runs'}
-base: {{model: {tiny_model_dir}, shots: 4, limit: 6, precision: fp32, progress: false, data_dir: {data_dir}, epochs: 1, eval_sample: 2}}
+base: {{model: {tiny_model_dir}, shots: 4, limit: 6, precision: fp32, device: cpu, progress: false, data_dir: {data_dir}, epochs: 1, eval_sample: 2}}
 grid: {{seed: [0, 1]}}
 runs:
   - {{method: icl}}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 
 import pytest
 import torch
@@ -18,9 +20,11 @@ LR = {"full": 1e-3, "lora": 1e-2, "bitfit": 1e-2, "ia3": 5e-2}
 
 
 def cfg_for(tiny_model_dir, data_dir, out, method, params, **kw):
+    """On CPU, where the GPU is too: the tests compare with references computed on CPU (CUDA runs are the
+    device_precision tests')."""
     base = dict(model=str(tiny_model_dir), task="rte", shots=8, epochs=3, limit=16, eval_sample=8, data_dir=str(data_dir),
                 out=str(out), progress=False, method=method, params=params, lr=LR[params], warmup_ratio=0.0, precision="fp32",
-                train_batch_size=4)
+                train_batch_size=4, device="cpu")
     return TrainConfig(**{**base, **kw})
 
 
@@ -51,12 +55,29 @@ def test_only_intended_parameters_change_and_adapter_round_trips(tiny_any_dir, d
     assert len(rec["curve"]) == 3 and set(rec["curve"][0]["metrics"]) == {"rte", "hans"}
     # save -> load -> the same predictions as at the end of training
     ev = evaluate(EvalConfig(model=str(tiny_any_dir), task="rte", adapter=rec["adapter"]["path"], limit=16,
-                             data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32"))
+                             data_dir=str(data_dir), out=str(tmp_path / "ev"), progress=False, precision="fp32", device="cpu"))
     for split in ("rte", "hans"):
         assert ev["metrics"][split]["predicted_share"] == rec["metrics"][split]["predicted_share"]
         assert ev["metrics"][split]["accuracy"] == rec["metrics"][split]["accuracy"]
     on_disk = json.loads(open(rec["path"]).read())
     assert on_disk["measure"]["train"]["tokens"] > 0 and on_disk["adapter"]["bytes"] > 0
+
+
+def test_train_end_to_end(tiny_model_dir, data_dir, tmp_path, device_precision):
+    """Distill-LoRA on each device (CPU; CUDA in fp32 and bf16 where there is a GPU): the record names the
+    device and dtype, the loss and the weights stay finite, and in fp32 the saved adapter, loaded again on
+    the same device, answers exactly as training ended."""
+    device, precision = device_precision
+    rec, model, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path, "distill", "lora", epochs=2, transfer_size=16,
+                                        device=device, precision=precision))
+    assert rec["model"]["device"].startswith(device) and rec["model"]["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+    assert len(rec["curve"]) == 2 and all(math.isfinite(c["loss"]) for c in rec["curve"])
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(p.device.type == device and torch.isfinite(p).all() for p in trained)
+    if precision == "fp32":
+        ev = evaluate(EvalConfig(model=str(tiny_model_dir), task="rte", adapter=rec["adapter"]["path"], limit=16, data_dir=str(data_dir),
+                                 out=str(tmp_path / "ev"), progress=False, precision="fp32", device=device))
+        assert all(ev["metrics"][s]["accuracy"] == rec["metrics"][s]["accuracy"] for s in ("rte", "hans"))
 
 
 def test_saved_lora_loads_in_peft(tiny_model_dir, data_dir, tmp_path):
@@ -135,7 +156,9 @@ def test_two_process_ddp_ends_identical_on_both_ranks(tiny_model_dir, data_dir, 
         cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                str(Path(__file__).with_name("ddp_worker.py")), str(tiny_model_dir), str(data_dir), str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        # CPU processes even where there is a GPU: two ranks on one GPU would not start (NCCL).
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         if proc.returncode == 0:
             break
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -426,3 +449,32 @@ def test_an_unknown_or_missing_tracker_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(EngrainError, match="--log-with mlflow needs the package mlflow: pip install mlflow"):
         TrainConfig(model="x", log_with="mlflow")
+
+
+def test_training_forwards_on_cuda_leave_cudnn_attention_out():
+    """pytorch/pytorch#196678: cuDNN's SDPA backward returns NaN gradients for left-padded bf16 batches on
+    Hopper. Training forwards on CUDA pick from the other kernels; on CPU nothing changes."""
+    from engrain.forward import training_attention
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with training_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the block
+    with training_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("length", [64, 192])  # 64 mod 128: the lengths where cuDNN's backward failed
+def test_a_left_padded_bf16_training_step_on_cuda_has_finite_gradients(tiny_model_dir, length):
+    from engrain.forward import training_attention
+    from engrain.methods import collate, forward_last
+
+    lm = load_model(str(tiny_model_dir), "fp32", "cuda")
+    items = [{"input_ids": list(range(5, 5 + length))}, {"input_ids": list(range(5, 5 + length // 2))}]  # row 2: left pads
+    batch = {k: v.cuda() for k, v in collate(items, lm.tokenizer.pad_token_id, "left").items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16), training_attention(torch.device("cuda")):
+        logits = forward_last(lm.model, batch)[0].float()
+    logits.log_softmax(-1)[:, 7].mean().backward()
+    grads = [p.grad for p in lm.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

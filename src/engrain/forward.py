@@ -5,10 +5,27 @@ each batch of queries packed into one row).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+# cuDNN's SDPA backward (picked by default for bf16 on Hopper; torch 2.11 and later) returns NaN
+# gradients when a mask is passed, the sequence length is 64 mod 128 and a row's attention is all
+# masked or tiny, as a left pad's is: pytorch/pytorch#196678. On an H200 (torch 2.11) distill-LoRA in
+# bf16 turned every weight NaN in its last epoch while the same run in fp32 (no cuDNN) trained clean;
+# this is the likely cause, not yet confirmed by a rerun there. Training forwards on CUDA use the
+# other kernels (memory-efficient where there is a mask; a backward runs the forward's kernel);
+# inference keeps cuDNN, whose forward is right.
+TRAINING_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def training_attention(device: torch.device):
+    """The attention kernels a training forward may use on ``device``: all but cuDNN's on CUDA."""
+    return sdpa_kernel(TRAINING_SDPA_BACKENDS) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

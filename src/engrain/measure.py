@@ -117,6 +117,11 @@ class Meter:
 # ---------------------------------------------------------------------------- FLOPs and MFU
 
 
+def memory_kind(device: torch.device) -> str:
+    """What a Meter's peak on ``device`` is (benchmark files say so beside their memory figures)."""
+    return "cuda max_memory_allocated" if device.type == "cuda" else "process RSS"
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -12,6 +12,7 @@ longest member.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,7 +29,7 @@ from engrain.config import TrainConfig
 from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
 from engrain.errors import EngrainError
 from engrain.evaluation import check_fits, eval_sets, score_sets
-from engrain.forward import encode_context, padding_side
+from engrain.forward import encode_context, padding_side, training_attention
 from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
 from engrain.qa import score_questions
@@ -108,10 +109,13 @@ class Run:
     def verbalizer_ids(self) -> list[int]:
         return self.prompter.verbalizer_ids()
 
+    @contextlib.contextmanager
     def autocast(self):
         # bf16 compute is plain torch autocast rather than Accelerate's mixed_precision, whose process-wide
         # state cannot change between two runs in one process (a sweep mixing precisions, the Python API).
-        return torch.autocast(self.acc.device.type, dtype=self.compute, enabled=self.compute != torch.float32)
+        device = self.acc.device
+        with torch.autocast(device.type, dtype=self.compute, enabled=self.compute != torch.float32), training_attention(device):
+            yield
 
     def labelled_items(self, examples: list) -> list[dict]:
         """Classification items: each example's prompt as the student reads it, and its gold label."""
