@@ -61,6 +61,8 @@ BAD = [
     (["--shots", "many"], r"argument --shots: invalid int value: 'many'"),
     (["--config", "/no/such.yaml"], r"config file not found: /no/such.yaml"),
     (["--adapter", "/no/such/adapter"], r"/no/such/adapter is not an engrain adapter folder"),
+    (["--device", "tpu"], r"unknown device 'tpu'; expected auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:99"], r"--device cuda:99: (this machine has no CUDA device|there are \d+ CUDA devices)"),
 ]
 
 

@@ -478,3 +478,19 @@ def test_a_left_padded_bf16_training_step_on_cuda_has_finite_gradients(tiny_mode
     logits.log_softmax(-1)[:, 7].mean().backward()
     grads = [p.grad for p in lm.model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_each_run_gets_its_own_device_in_one_process(monkeypatch):
+    """Accelerate's state is process-wide: a run after one on another device (the Python API; a GPU
+    machine's test session, CPU and CUDA runs mixed) must not inherit it. A state made on the meta
+    device stands in for a GPU."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    from engrain.train import make_accelerator
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setenv("ACCELERATE_TORCH_DEVICE", "meta")
+    assert PartialState().device.type == "meta"
+    monkeypatch.delenv("ACCELERATE_TORCH_DEVICE")
+    acc = make_accelerator(TrainConfig(model="x", device="cpu"))
+    assert acc.device.type == "cpu" and "ACCELERATE_TORCH_DEVICE" not in os.environ
