@@ -20,8 +20,8 @@ LR = {"full": 1e-3, "lora": 1e-2, "bitfit": 1e-2, "ia3": 5e-2}
 
 
 def cfg_for(tiny_model_dir, data_dir, out, method, params, **kw):
-    """On CPU, where the GPU is too: the tests compare with references computed on CPU (CUDA runs are the
-    device_precision tests')."""
+    """On CPU even where there is a GPU: these tests compare with references computed on CPU (the CUDA runs
+    are the device_precision tests')."""
     base = dict(model=str(tiny_model_dir), task="rte", shots=8, epochs=3, limit=16, eval_sample=8, data_dir=str(data_dir),
                 out=str(out), progress=False, method=method, params=params, lr=LR[params], warmup_ratio=0.0, precision="fp32",
                 train_batch_size=4, device="cpu")
