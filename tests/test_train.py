@@ -492,5 +492,5 @@ def test_each_run_gets_its_own_device_in_one_process(monkeypatch):
     monkeypatch.setenv("ACCELERATE_TORCH_DEVICE", "meta")
     assert PartialState().device.type == "meta"
     monkeypatch.delenv("ACCELERATE_TORCH_DEVICE")
-    acc = make_accelerator(TrainConfig(model="x", device="cpu"))
+    acc = make_accelerator(TrainConfig(model="x", device="cpu"), torch.device("cpu"))
     assert acc.device.type == "cpu" and "ACCELERATE_TORCH_DEVICE" not in os.environ

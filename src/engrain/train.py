@@ -176,8 +176,9 @@ def prepare(cfg: TrainConfig) -> Run:
         train_spec, corpus = get_task(cfg.train_data or cfg.task), None
         shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
 
-    compute = models.resolve_dtype(cfg.precision, models.resolve_device(cfg.device))
-    acc = make_accelerator(cfg)
+    device = models.resolve_device(cfg.device)
+    compute = models.resolve_dtype(cfg.precision, device)
+    acc = make_accelerator(cfg, device)
     set_seed(cfg.seed)
     lm = models.load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
     lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
@@ -194,28 +195,21 @@ def prepare(cfg: TrainConfig) -> Run:
     return run
 
 
-def make_accelerator(cfg: TrainConfig):
-    """A fresh Accelerator on cfg.device. Accelerate's state is process-wide: a second run in one process
+def make_accelerator(cfg: TrainConfig, device: torch.device):
+    """A fresh Accelerator on ``device``. Accelerate's state is process-wide: a second run in one process
     (the Python API, the tests) would otherwise keep the first run's device, or refuse another, so it is
     reset, as transformers' TrainingArguments does. In a single process the device is named exactly
     (`--device cuda:1`); under `accelerate launch` each process keeps the launcher's GPU."""
+    from unittest import mock
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    device = models.resolve_device(cfg.device)
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    before = os.environ.get("ACCELERATE_TORCH_DEVICE")
-    if single:
-        os.environ["ACCELERATE_TORCH_DEVICE"] = str(device)  # read once, when the state is made
-    try:
+    with mock.patch.dict(os.environ, {"ACCELERATE_TORCH_DEVICE": str(device)} if single else {}):  # read when the state is made
         return Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=device.type == "cpu", log_with=cfg.log_with,
                            project_dir=str(Path(cfg.out or "runs") / "trackers") if cfg.log_with else None)
-    finally:
-        if single and before is None:
-            os.environ.pop("ACCELERATE_TORCH_DEVICE", None)
-        elif single:
-            os.environ["ACCELERATE_TORCH_DEVICE"] = before
 
 
 def start_tracking(run: Run) -> None:
