@@ -86,6 +86,43 @@ def test_the_matmul_probe_grows_where_products_are_fast():
     assert max(sizes) == 4096 and peak > 1e12
 
 
+def test_the_matmul_probes_one_off_set_up_does_not_eat_its_budget():
+    """The first product pays for a cuBLAS handle (or oneDNN's first kernel). On the H200 that ate
+    most of the budget: the probe stopped at small n and read 68.7 TFLOP/s where the chip does ~790."""
+    from engrain.measure import measure_matmul_peak
+
+    sizes = []
+
+    def set_up_then_instant(a, b):
+        sizes.append(a.shape[0])
+        if len(sizes) == 1:
+            time.sleep(1.0)  # the set-up: longer than the whole budget
+
+    peak = measure_matmul_peak(torch.device("cpu"), torch.float32, budget=1.0, matmul=set_up_then_instant)
+    assert max(sizes) == 4096 and peak > 1e12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_probe_reads_what_a_long_measurement_does():
+    """The GPU's MFU is only as right as this peak. A long measurement (big products, clocks warmed
+    over 2 s, one sync for 50 products) must not beat the 0.8 s probe by more than a third."""
+    from engrain.measure import measure_matmul_peak
+
+    device, n = torch.device("cuda"), 8192
+    probe = measure_matmul_peak(device, torch.bfloat16)  # first, as engrain calls it: clocks not yet warm
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    t = time.perf_counter()
+    while time.perf_counter() - t < 2.0:
+        torch.matmul(a, b)
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(50):
+        torch.matmul(a, b)
+    torch.cuda.synchronize(device)
+    careful = 50 * 2 * n**3 / (time.perf_counter() - t)
+    assert probe > 0.75 * careful, f"probe {probe / 1e12:.1f} vs {careful / 1e12:.1f} TFLOP/s"
+
+
 def test_bf16_where_the_cpu_emulates_it_warns_once(monkeypatch, capsys):
     import engrain.measure
     import engrain.models as models

@@ -153,21 +153,30 @@ def _peak_key(device: torch.device, dtype: torch.dtype) -> str:
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype, budget: float = 0.8, matmul=torch.matmul) -> float:
     """Best FLOP/s of square matmuls in ``dtype`` on ``device``, measured within ``budget`` seconds.
 
-    n starts at 128 and doubles up to 4096; each size gets a warm-up product and at most budget/8 of
-    timed products. n stops growing when the next size's warm-up and first product (about 16 x this
-    size's product) would not fit in what is left of the budget, so one slow product cannot stall
-    the probe: where bf16 is emulated (~1 GFLOP/s) it stops at n = 256 after ~0.3 s, where 4096-square
-    products would take minutes each.
+    On the H200 an earlier probe read 68.7 TFLOP/s where the chip does ~790, for three likely
+    reasons, each mended here (not yet rerun on a GPU): the one-off set-up (a cuBLAS handle) was
+    paid from the budget, so now one untimed 128-square product comes first; n stopped at 4096,
+    now 8192 on a GPU; and every product was synchronised, now every 8 on a GPU, so launch and
+    sync latency are not counted per product. n starts at 128 and doubles; each size gets a
+    warm-up product and at most budget/8 of timed products. n stops growing when the next size's warm-up and first product (about 16 x
+    this size's product) would not fit in what is left of the budget, so one slow product cannot
+    stall the probe: where bf16 is emulated (~1 GFLOP/s) it stops at n = 256 after ~0.3 s, where
+    4096-square products would take minutes each.
     """
-    deadline, best, n = time.perf_counter() + budget, 0.0, 128
+    cuda = device.type == "cuda"
+    largest, per_sync = (8192, 8) if cuda else (4096, 1)
 
     def timed() -> float:
         t = time.perf_counter()
-        matmul(a, b)
-        if device.type == "cuda":
+        for _ in range(per_sync):
+            matmul(a, b)
+        if cuda:
             torch.cuda.synchronize(device)
-        return time.perf_counter() - t
+        return (time.perf_counter() - t) / per_sync
 
+    a = b = torch.randn(128, 128, device=device, dtype=dtype)
+    timed()  # the one-off set-up, outside the budget
+    deadline, best, n = time.perf_counter() + budget, 0.0, 128
     while True:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
@@ -177,7 +186,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, budget: float 
         while time.perf_counter() + spent / reps < stop:
             spent, reps = spent + timed(), reps + 1
         best = max(best, 2 * n**3 * reps / spent)
-        if n >= 4096 or time.perf_counter() + 16 * min(one, spent / reps) > deadline:
+        if n >= largest or time.perf_counter() + 16 * min(one, spent / reps) > deadline:
             return best
         n *= 2
 
