@@ -43,21 +43,15 @@ def run_engrain(params: str, args) -> dict:
 
 
 def run_trainer(params: str, args) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from engrain.data import Prompter, sample_few_shot
     from engrain.measure import Meter
-    from engrain.models import dequantised_folder, resolve_device, resolve_source
+    from engrain.models import load_model
     from engrain.tasks import get_task, load_split
 
-    folder = dequantised_folder(resolve_source(args.model)[1])
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    tok.pad_token = tok.pad_token or tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    device = resolve_device(args.device)
+    lm = load_model(args.model, "fp32", args.device, fp32_head=False)  # any --model: alias, GGUF, folder or hub id
+    model, tok, device = lm.model, lm.tokenizer, lm.device
     if params == "lora":
         from peft import LoraConfig, get_peft_model
 
