@@ -36,7 +36,8 @@ def run_engrain(params: str, args) -> dict:
     epochs = args.steps * args.batch_size // args.shots
     cfg = TrainConfig(model=args.model, task="rte", shots=args.shots, seed=0, method="pbft", params=params, epochs=epochs,
                       lr=LR[params], warmup_ratio=0.0, train_batch_size=args.batch_size, data_dir=DATA, out=None,
-                      progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9, device=args.device)
+                      progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9, device=args.device,
+                      precision=args.precision)
     rec, _, _ = train_model(cfg)
     t = rec["measure"]["train"]
     return {"seconds": t["seconds"], "steps": t["steps"], "tokens": t["tokens"], "peak_rss_mb": t["peak_memory_mb"]}
@@ -78,6 +79,17 @@ def run_trainer(params: str, args) -> dict:
     return {"seconds": m.seconds, "steps": args.steps, "tokens": int(n_tokens * epochs), "peak_rss_mb": m.peak_mb}
 
 
+def run_apart(script: str, one: str) -> dict:
+    """``script --one ONE`` with this command's arguments, in a fresh process so its peak memory is its
+    own: the JSON it prints, with tokens/s added."""
+    proc = subprocess.run([sys.executable, script, "--one", one] + sys.argv[1:], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{one} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r["tokens_per_s"] = r["tokens"] / r["seconds"]
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -86,6 +98,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps (a multiple of shots / batch size)")
     ap.add_argument("--max-length", type=int, default=256, help="the Trainer baseline's fixed padding length")
+    ap.add_argument("--precision", default="auto", help="engrain's (auto: bf16 where the hardware has it); the Trainer stays fp32")
     ap.add_argument("--params", default="lora,full")
     ap.add_argument("--tmp", default="/tmp/engrain-bench")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
@@ -105,13 +118,7 @@ def main() -> None:
            "batch_size": args.batch_size, "steps": args.steps, "trainer_max_length": args.max_length, "runs": {}}
     for params in args.params.split(","):
         for way in ("engrain", "trainer"):
-            cmd = [sys.executable, __file__, "--one", f"{way}:{params}"] + sys.argv[1:]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"{way}:{params} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            r["tokens_per_s"] = r["tokens"] / r["seconds"]
-            res["runs"][f"{way}-{params}"] = r
+            res["runs"][f"{way}-{params}"] = r = run_apart(__file__, f"{way}:{params}")
             print(f"  {way:8s} {params:5s} {r['seconds']:7.1f} s  {r['tokens_per_s']:8.0f} tokens/s  peak {r['peak_rss_mb']:6.0f} MB ({res['memory']})", flush=True)
         e, t = res["runs"][f"engrain-{params}"], res["runs"][f"trainer-{params}"]
         res[f"{params}_throughput_ratio"] = e["tokens_per_s"] / t["tokens_per_s"]

@@ -116,6 +116,58 @@ def test_bitfit_at_initialisation_gives_base_logits(tiny_model_dir):
     torch.testing.assert_close(base(input_ids=ids).logits, ref)
 
 
+@pytest.mark.parametrize("params", ["lora", "ia3", "bitfit", "full"])
+def test_frozen_weights_held_in_bf16_give_the_same_loss_and_gradients(tiny_model_dir, params):
+    """Autocast casts every frozen fp32 weight to bf16 at each forward; holding it in bf16 instead must
+    change no bit of the loss or of any gradient, and leave the trainable, embedding and norm weights fp32."""
+    from engrain.params import ParamSpec, apply_params, decoder_linears, hold_frozen_in
+
+    def adapted(cast: bool):
+        model = apply_params(load_model(str(tiny_model_dir), "fp32", "cpu").model, ParamSpec(params, lora_r=4))
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # trained-looking adapters, so every gradient is non-zero
+            for p in model.parameters():
+                if p.requires_grad and params != "full":
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if params == "ia3" else 0.0))
+        return model, (hold_frozen_in(model, torch.bfloat16) if cast else 0)
+
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    mask = (ids != 0).long()
+    results = []
+    for cast in (False, True):
+        model, n = adapted(cast)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1].float()
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([3, 4]))
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad for k, p in model.named_parameters() if p.requires_grad}, model, n))
+    (loss0, grads0, _, _), (loss1, grads1, model, n) = results
+    assert torch.equal(loss0, loss1)
+    assert grads0.keys() == grads1.keys() and all(torch.equal(grads0[k], grads1[k]) for k in grads0)
+    frozen = [p for _, lin in decoder_linears(model) for p in (lin.weight, lin.bias) if p is not None and not p.requires_grad]
+    assert (n > 0) == (params != "full") and n == sum(p.numel() for p in frozen)
+    assert all(p.dtype is torch.bfloat16 for p in frozen)
+    assert all(p.dtype is torch.float32 for name, p in model.named_parameters() if p.requires_grad or "norm" in name or "embed" in name)
+
+
+def test_bf16_training_holds_frozen_weights_in_bf16_and_ends_as_it_did_in_fp32(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """PBFT-LoRA in bf16, end to end: the record says which weights are held in which dtype, and the losses,
+    per-epoch points and final metrics are those of the same run with its frozen weights left in fp32."""
+    import engrain.train
+
+    def run(tag):
+        rec, _, _ = train_model(cfg_for(tiny_model_dir, data_dir, tmp_path / tag, "pbft", "lora", epochs=2, precision="bf16", save=False))
+        return rec
+
+    held = run("held")
+    monkeypatch.setattr(engrain.train, "hold_frozen_in", lambda model, dtype: 0)
+    fp32 = run("fp32")
+    assert held["trainable_parameters"]["frozen_by_dtype"]["bfloat16"] > 0
+    assert set(fp32["trainable_parameters"]["frozen_by_dtype"]) == {"float32"}
+    points = lambda rec: [{k: v for k, v in point.items() if k != "measure"} for point in rec["curve"]]  # noqa: E731 (times differ)
+    assert points(held) == points(fp32) and len(points(held)) == 2 and held["metrics"] == fp32["metrics"]
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"epochs": 0}, r"--epochs must be an integer >= 1"),
     ({"lr": -1.0}, r"--lr must be > 0"),

@@ -109,11 +109,35 @@ def apply_params(model: torch.nn.Module, spec: ParamSpec, context_cache=None, co
     return get_peft_model(model, cfg)
 
 
+def hold_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen weights (and frozen biases) of the decoder's linear layers in ``dtype``, the
+    compute dtype, and return how many values were cast.
+
+    Autocast casts them to ``dtype`` at every forward anyway, and keeps that copy for the backward:
+    cast once instead, the loss and gradients are bit for bit the same, the per-forward casts are
+    gone, and those weights take half the memory, with no transient copy beside them. Trainable
+    parameters keep their fp32 master weights; the embeddings, norms and output layer stay fp32 (they
+    set the precision of the residual stream and of the logits). Full fine-tuning freezes nothing,
+    so nothing changes there.
+    """
+    n = 0
+    for _, lin in decoder_linears(model):
+        for p in (lin.weight, lin.bias):
+            if p is not None and not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+                n += p.numel()
+    return n
+
+
 def trainable_summary(model: torch.nn.Module, extra: torch.nn.Module | None = None) -> dict:
     mods = [model] + ([extra] if extra is not None else [])
     trainable = sum(p.numel() for m in mods for p in m.parameters() if p.requires_grad)
     total = sum(p.numel() for m in mods for p in m.parameters())
-    return {"trainable": trainable, "total": total, "share": trainable / total}
+    frozen: dict[str, int] = {}
+    for p in {id(p): p for m in mods for p in m.parameters() if not p.requires_grad}.values():
+        key = str(p.dtype).replace("torch.", "")
+        frozen[key] = frozen.get(key, 0) + p.numel()
+    return {"trainable": trainable, "total": total, "share": trainable / total, "frozen_by_dtype": frozen}
 
 
 def read_adapter_meta(folder) -> dict:

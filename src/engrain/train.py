@@ -5,7 +5,8 @@ let the method build its training items (a distillation teacher runs here, befor
 attach the trainable parameters; make the optimiser and loader; fit, with evaluation points that
 are timed apart from training; evaluate the full sets; write the record and what was trained.
 
-fp32 master weights for the trainable parameters, bf16 autocast where the hardware has it; AdamW,
+fp32 master weights for the trainable parameters, bf16 autocast where the hardware has it (frozen
+decoder weights then held in bf16: params.hold_frozen_in); AdamW,
 linear warmup then linear decay (or constant), clipping, accumulation; batches padded to their own
 longest member.
 """
@@ -34,7 +35,7 @@ from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
 from engrain.qa import score_questions
 from engrain.tasks.documents import is_document_task, load_document_task
-from engrain.params import ParamSpec, apply_params, trainable_summary
+from engrain.params import ParamSpec, apply_params, hold_frozen_in, trainable_summary
 from engrain.tasks import TaskSpec, get_task, load_split
 
 
@@ -135,7 +136,9 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def train_model(cfg: TrainConfig):
-    """As :func:`train`, also returning the trained model and classification head (or None)."""
+    """As :func:`train`, also returning the trained model and classification head (or None). After bf16
+    training the model's frozen decoder weights are bf16: run it under autocast, or through
+    :func:`engrain.models.inference_copy` as evaluation does."""
     cfg.validate()
     run = prepare(cfg)
     start_tracking(run)
@@ -237,7 +240,10 @@ def load_train_corpus(source: str) -> list:
 
 
 def attach_params(run: Run) -> torch.nn.Module:
-    """Make the chosen parameters trainable; a prefix starts from the context's KV cache."""
+    """Make the chosen parameters trainable; a prefix starts from the context's KV cache. In bf16 the
+    frozen decoder weights are then held in bf16 (:func:`engrain.params.hold_frozen_in`)."""
+    from accelerate.utils import DistributedType
+
     cfg = run.cfg
     targets = tuple(t.strip() for t in cfg.target_modules.split(",")) if cfg.target_modules else None
     spec = ParamSpec(cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, cfg.prefix_tokens)
@@ -250,6 +256,9 @@ def attach_params(run: Run) -> torch.nn.Module:
             with run.autocast():
                 cache = encode_context(run.lm.model, run.context_ids[:n])
     run.lm.model = apply_params(run.lm.model, spec, cache, n_ctx)  # evaluation runs the adapted model
+    # FSDP flattens each unit's parameters into one tensor of one dtype; DeepSpeed keeps its own copies
+    if run.compute != torch.float32 and run.acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        hold_frozen_in(run.lm.model, run.compute)
     return run.lm.model
 
 

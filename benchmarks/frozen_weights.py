@@ -1,0 +1,68 @@
+"""Frozen weights held in bf16 vs fp32, for bf16 training of adapters (LoRA, IA3, BitFit).
+
+engrain trains in bf16 autocast with fp32 master weights for what trains. Autocast casts every frozen
+fp32 weight to bf16 at each forward, and keeps that copy for the backward; `engrain.params.hold_frozen_in`
+casts the frozen decoder weights once instead (the loss and gradients are bit for bit the same: see
+tests/test_train.py). This runs the same PBFT job as benchmarks/train_pbft.py (smollm2-135m, RTE,
+32 shots, batch 8, 12 steps, bf16) both ways, each in a fresh subprocess so its peak memory is its own,
+and prints time, tokens/s, peak memory and the ratios; writes benchmarks/results/frozen_weights.json.
+
+    python benchmarks/frozen_weights.py [--params lora,ia3,bitfit] [--steps 12] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from train_pbft import run_apart, run_engrain  # noqa: E402  (the same engrain run as the Trainer comparison)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--shots", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=12, help="optimizer steps (a multiple of shots / batch size)")
+    ap.add_argument("--params", default="lora,ia3,bitfit")
+    ap.add_argument("--precision", default="bf16", help=argparse.SUPPRESS)  # what run_engrain reads; the point is bf16
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
+    ap.add_argument("--out", default=str(HERE / "results" / "frozen_weights.json"))
+    args = ap.parse_args()
+    if args.one:
+        frozen, params = args.one.split(":")
+        if frozen == "fp32":
+            import engrain.train
+
+            engrain.train.hold_frozen_in = lambda model, dtype: 0  # as before: autocast casts them at every forward
+        print(json.dumps(run_engrain(params, args)))
+        return
+
+    from engrain.measure import host, memory_kind, versions
+    from engrain.models import resolve_device
+
+    device = resolve_device(args.device)
+    res = {"machine": host(), "versions": versions(), "model": args.model, "device": str(device), "memory": memory_kind(device),
+           "task": "rte", "shots": args.shots, "batch_size": args.batch_size, "steps": args.steps, "precision": args.precision, "runs": {}}
+    for params in args.params.split(","):
+        for frozen in ("bf16", "fp32"):
+            res["runs"][f"{params}-frozen-{frozen}"] = r = run_apart(__file__, f"{frozen}:{params}")
+            print(f"  {params:6s} frozen {frozen}  {r['seconds']:7.1f} s  {r['tokens_per_s']:6.0f} tokens/s  "
+                  f"peak {r['peak_rss_mb']:6.0f} MB ({res['memory']})", flush=True)
+        held, before = res["runs"][f"{params}-frozen-bf16"], res["runs"][f"{params}-frozen-fp32"]
+        res[f"{params}_throughput_ratio"] = held["tokens_per_s"] / before["tokens_per_s"]
+        res[f"{params}_memory_ratio"] = held["peak_rss_mb"] / before["peak_rss_mb"]
+        print(f"  {params}: frozen in bf16 / in fp32: throughput {res[f'{params}_throughput_ratio']:.2f}x, "
+              f"memory {res[f'{params}_memory_ratio']:.2f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
