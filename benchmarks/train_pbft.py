@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = os.environ.get("ENGRAIN_DATA", str(HERE.parents[1] / "shared" / "data"))
-LR = {"lora": 2e-4, "full": 1e-5}
+LR = {"lora": 2e-4, "full": 1e-5}  # engrain's presets; the others' through engrain.config.PRESETS
 
 
 def run_engrain(params: str, args) -> dict:
@@ -35,7 +35,7 @@ def run_engrain(params: str, args) -> dict:
 
     epochs = args.steps * args.batch_size // args.shots
     cfg = TrainConfig(model=args.model, task="rte", shots=args.shots, seed=0, method="pbft", params=params, epochs=epochs,
-                      lr=LR[params], warmup_ratio=0.0, train_batch_size=args.batch_size, data_dir=DATA, out=None,
+                      lr=LR.get(params), warmup_ratio=0.0, train_batch_size=args.batch_size, data_dir=DATA, out=None,
                       progress=False, limit=1, ood=False, eval_sample=1, eval_every=10**9, device=args.device,
                       precision=args.precision)
     rec, _, _ = train_model(cfg)
