@@ -87,8 +87,8 @@ def test_the_matmul_probe_grows_where_products_are_fast():
 
 
 def test_the_matmul_probes_one_off_set_up_does_not_eat_its_budget():
-    """The first product pays for a cuBLAS handle (or oneDNN's first kernel). On the H200 that ate
-    most of the budget: the probe stopped at small n and read 68.7 TFLOP/s where the chip does ~790."""
+    """The first product pays for a cuBLAS handle (or oneDNN's first kernel): paid from the budget, it
+    stops the probe at small n (one likely reason the H200 read 68.7 TFLOP/s where the chip does ~790)."""
     from engrain.measure import measure_matmul_peak
 
     sizes = []

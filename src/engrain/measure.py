@@ -158,10 +158,10 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, budget: float 
     paid from the budget, so now one untimed 128-square product comes first; n stopped at 4096,
     now 8192 on a GPU; and every product was synchronised, now every 8 on a GPU, so launch and
     sync latency are not counted per product. n starts at 128 and doubles; each size gets a
-    warm-up product and at most budget/8 of timed products. n stops growing when the next size's warm-up and first product (about 16 x
-    this size's product) would not fit in what is left of the budget, so one slow product cannot
-    stall the probe: where bf16 is emulated (~1 GFLOP/s) it stops at n = 256 after ~0.3 s, where
-    4096-square products would take minutes each.
+    warm-up product and at most budget/8 of timed products. n stops growing when the next size's
+    warm-up and first product (about 16 x this size's product) would not fit in what is left of the
+    budget, so one slow product cannot stall the probe: where bf16 is emulated (~1 GFLOP/s) it stops
+    at n = 256 after ~0.3 s, where 4096-square products would take minutes each.
     """
     cuda = device.type == "cuda"
     largest, per_sync = (8192, 8) if cuda else (4096, 1)

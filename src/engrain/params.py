@@ -117,10 +117,9 @@ def hold_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
     cast once instead, the loss and gradients are bit for bit the same, the per-forward casts are
     gone, and those tensors take half the bytes, with no transient copy beside them (on a GPU; on a
     CPU the fp32 weights are memory-mapped from the file and its pages stay resident, so the process
-    RSS does not drop: benchmarks/frozen_weights.py). Trainable
-    parameters keep their fp32 master weights; the embeddings, norms and output layer stay fp32 (they
-    set the precision of the residual stream and of the logits). Full fine-tuning freezes nothing,
-    so nothing changes there.
+    RSS does not drop: benchmarks/frozen_weights.py). Trainable parameters keep their fp32 master
+    weights; the embeddings, norms and output layer stay fp32 (they set the precision of the residual
+    stream and of the logits). Full fine-tuning freezes nothing, so nothing changes there.
     """
     n = 0
     for _, lin in decoder_linears(model):
