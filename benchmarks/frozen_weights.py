@@ -19,19 +19,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_pbft import run_apart, run_engrain  # noqa: E402  (the same engrain run as the Trainer comparison)
+from train_pbft import job_arguments, run_apart, run_engrain  # noqa: E402  (the same engrain run as the Trainer comparison)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--shots", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps (a multiple of shots / batch size)")
+    ap = job_arguments(__doc__)
     ap.add_argument("--params", default="lora,ia3,bitfit")
     ap.add_argument("--precision", default="bf16", help=argparse.SUPPRESS)  # what run_engrain reads; the point is bf16
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
     ap.add_argument("--out", default=str(HERE / "results" / "frozen_weights.json"))
     args = ap.parse_args()
     if args.one:

@@ -90,18 +90,24 @@ def run_apart(script: str, one: str) -> dict:
     return r
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def job_arguments(doc: str) -> argparse.ArgumentParser:
+    """The PBFT job's options (model, device, shots, batch size, steps) and the internal --one."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--shots", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps (a multiple of shots / batch size)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
+    return ap
+
+
+def main() -> None:
+    ap = job_arguments(__doc__)
     ap.add_argument("--max-length", type=int, default=256, help="the Trainer baseline's fixed padding length")
     ap.add_argument("--precision", default="auto", help="engrain's (auto: bf16 where the hardware has it); the Trainer stays fp32")
     ap.add_argument("--params", default="lora,full")
     ap.add_argument("--tmp", default="/tmp/engrain-bench")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
     ap.add_argument("--out", default=str(HERE / "results" / "train_pbft.json"))
     args = ap.parse_args()
     if args.one:
