@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_pbft import job_arguments, run_apart, run_engrain  # noqa: E402  (the same engrain run as the Trainer comparison)
+from train_pbft import job_arguments, job_header, ratios, run_apart, run_engrain, write_results  # noqa: E402  (the same engrain run as the Trainer comparison)
 
 
 def hold_kernel(name: str) -> None:
@@ -49,14 +49,11 @@ def main() -> None:
         print(json.dumps(run_engrain(params, args)))
         return
 
-    from engrain.measure import host, memory_kind, versions
     from engrain.models import resolve_device
 
-    device = resolve_device(args.device)
     kernels = args.kernels.split(",")
-    res = {"machine": host(), "versions": versions(), "model": args.model, "device": str(device), "memory": memory_kind(device),
-           "task": "rte", "shots": args.shots, "batch_size": args.batch_size, "steps": args.steps, "precision": args.precision,
-           "repeats": args.repeats, "runs": {}, "median": {}}
+    res = job_header(args, resolve_device(args.device))
+    res.update(precision=args.precision, repeats=args.repeats, median={})
     for params in args.params.split(","):
         for kernel in kernels:
             res["runs"][f"{params}-{kernel}"] = []
@@ -72,15 +69,10 @@ def main() -> None:
                                                    for key in ("seconds", "tokens_per_s", "peak_rss_mb")}
         base = res["median"][f"{params}-{kernels[0]}"]
         for kernel in kernels[1:]:
-            m = res["median"][f"{params}-{kernel}"]
-            res[f"{params}_{kernel}_vs_{kernels[0]}_throughput"] = m["tokens_per_s"] / base["tokens_per_s"]
-            res[f"{params}_{kernel}_vs_{kernels[0]}_memory"] = m["peak_rss_mb"] / base["peak_rss_mb"]
-            print(f"  {params}: {kernel} / {kernels[0]} (medians of {args.repeats}): throughput "
-                  f"{res[f'{params}_{kernel}_vs_{kernels[0]}_throughput']:.2f}x, "
-                  f"memory {res[f'{params}_{kernel}_vs_{kernels[0]}_memory']:.2f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
+            speed, memory = ratios(res["median"][f"{params}-{kernel}"], base)
+            res[f"{params}_{kernel}_vs_{kernels[0]}_throughput"], res[f"{params}_{kernel}_vs_{kernels[0]}_memory"] = speed, memory
+            print(f"  {params}: {kernel} / {kernels[0]} (medians of {args.repeats}): throughput {speed:.2f}x, memory {memory:.2f}x")
+    write_results(res, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_pbft import job_arguments, run_apart, run_engrain  # noqa: E402  (the same engrain run as the Trainer comparison)
+from train_pbft import job_arguments, job_header, ratios, run_apart, run_engrain, write_results  # noqa: E402  (the same engrain run as the Trainer comparison)
 
 
 def main() -> None:
@@ -37,25 +37,20 @@ def main() -> None:
         print(json.dumps(run_engrain(params, args)))
         return
 
-    from engrain.measure import host, memory_kind, versions
     from engrain.models import resolve_device
 
-    device = resolve_device(args.device)
-    res = {"machine": host(), "versions": versions(), "model": args.model, "device": str(device), "memory": memory_kind(device),
-           "task": "rte", "shots": args.shots, "batch_size": args.batch_size, "steps": args.steps, "precision": args.precision, "runs": {}}
+    res = job_header(args, resolve_device(args.device))
+    res["precision"] = args.precision
     for params in args.params.split(","):
         for frozen in ("bf16", "fp32"):
             res["runs"][f"{params}-frozen-{frozen}"] = r = run_apart(__file__, f"{frozen}:{params}")
             print(f"  {params:6s} frozen {frozen}  {r['seconds']:7.1f} s  {r['tokens_per_s']:6.0f} tokens/s  "
                   f"peak {r['peak_rss_mb']:6.0f} MB ({res['memory']})", flush=True)
         held, before = res["runs"][f"{params}-frozen-bf16"], res["runs"][f"{params}-frozen-fp32"]
-        res[f"{params}_throughput_ratio"] = held["tokens_per_s"] / before["tokens_per_s"]
-        res[f"{params}_memory_ratio"] = held["peak_rss_mb"] / before["peak_rss_mb"]
+        res[f"{params}_throughput_ratio"], res[f"{params}_memory_ratio"] = ratios(held, before)
         print(f"  {params}: frozen in bf16 / in fp32: throughput {res[f'{params}_throughput_ratio']:.2f}x, "
               f"memory {res[f'{params}_memory_ratio']:.2f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
+    write_results(res, args.out)
 
 
 if __name__ == "__main__":

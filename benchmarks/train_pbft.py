@@ -102,6 +102,25 @@ def job_arguments(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
+def job_header(args, device) -> dict:
+    """What a result file records about the machine and the PBFT job, and an empty ``runs``."""
+    from engrain.measure import host, memory_kind, versions
+
+    return {"machine": host(), "versions": versions(), "model": args.model, "device": str(device), "memory": memory_kind(device),
+            "task": "rte", "shots": args.shots, "batch_size": args.batch_size, "steps": args.steps, "runs": {}}
+
+
+def ratios(new: dict, base: dict) -> tuple[float, float]:
+    """(throughput, peak memory) of run ``new`` relative to run ``base``."""
+    return new["tokens_per_s"] / base["tokens_per_s"], new["peak_rss_mb"] / base["peak_rss_mb"]
+
+
+def write_results(res: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = job_arguments(__doc__)
     ap.add_argument("--max-length", type=int, default=256, help="the Trainer baseline's fixed padding length")
@@ -115,24 +134,18 @@ def main() -> None:
         print(json.dumps((run_engrain if way == "engrain" else run_trainer)(params, args)))
         return
 
-    from engrain.measure import host, memory_kind, versions
     from engrain.models import resolve_device
 
-    device = resolve_device(args.device)
-    res = {"machine": host(), "versions": versions(), "model": args.model, "device": str(device), "memory": memory_kind(device),
-           "task": "rte", "shots": args.shots,
-           "batch_size": args.batch_size, "steps": args.steps, "trainer_max_length": args.max_length, "runs": {}}
+    res = job_header(args, resolve_device(args.device))
+    res["trainer_max_length"] = args.max_length
     for params in args.params.split(","):
         for way in ("engrain", "trainer"):
             res["runs"][f"{way}-{params}"] = r = run_apart(__file__, f"{way}:{params}")
             print(f"  {way:8s} {params:5s} {r['seconds']:7.1f} s  {r['tokens_per_s']:8.0f} tokens/s  peak {r['peak_rss_mb']:6.0f} MB ({res['memory']})", flush=True)
         e, t = res["runs"][f"engrain-{params}"], res["runs"][f"trainer-{params}"]
-        res[f"{params}_throughput_ratio"] = e["tokens_per_s"] / t["tokens_per_s"]
-        res[f"{params}_memory_ratio"] = e["peak_rss_mb"] / t["peak_rss_mb"]
+        res[f"{params}_throughput_ratio"], res[f"{params}_memory_ratio"] = ratios(e, t)
         print(f"  {params}: engrain/trainer throughput {res[f'{params}_throughput_ratio']:.1f}x, memory {res[f'{params}_memory_ratio']:.2f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
+    write_results(res, args.out)
 
 
 if __name__ == "__main__":
