@@ -29,7 +29,7 @@ import torch
 from engrain.documents import Question
 from engrain.measure import Meter, host, versions
 from engrain.models import load_model
-from engrain.qa import choice_scores
+from engrain.documents.qa import choice_scores
 
 HERE = Path(__file__).resolve().parent
 SIZES = (256, 1024, 4096)
@@ -37,7 +37,7 @@ SIZES = (256, 1024, 4096)
 
 def document_of(tokenizer, n_tokens: int, data_dir) -> str:
     """Real text of about ``n_tokens`` tokens: MNLI premises, in file order (the held-out text)."""
-    from engrain.forgetting import heldout_tokens
+    from engrain.documents.forgetting import heldout_tokens
 
     return tokenizer.decode(heldout_tokens(tokenizer, data_dir, n_tokens))
 

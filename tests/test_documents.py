@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-from engrain import facts
 from engrain.documents import Document, chunk_documents, chunk_text, load_corpus, load_questions
 from engrain.errors import EngrainError
 
@@ -107,37 +106,7 @@ def test_bad_questions_are_one_line_errors(tmp_path, row, message):
         load_questions(write_questions(tmp_path / "q.jsonl", row), ["d1"])
 
 
-# ---------------------------------------------------------------------------- the facts benchmark
-
-
-def test_facts_are_deterministic_by_seed():
-    assert facts.generate(0) == facts.generate(0)
-    assert facts.generate(0) != facts.generate(1)
-
-
-def test_every_question_is_answerable_from_its_documents(tmp_path):
-    corpus, qa = facts.write(tmp_path, seed=3, people=12, organisations=5, cities=4, products=4)
-    docs = {d.id: d.text for d in load_corpus(corpus)}
-    questions = load_questions(qa, docs)
-    assert {q.type for q in questions} == {"verbatim", "paraphrase", "two-hop"}
-    for q in questions:
-        answer = q.choices[q.answer]
-        assert len(set(q.choices)) == len(q.choices) == 4
-        assert answer in docs[q.doc_ids[-1]], (q, docs[q.doc_ids[-1]])  # the last hop's document states it
-        about = q.doc_ids[0].split(":", 1)[1]
-        assert about.lower() in q.question.lower() and about in docs[q.doc_ids[0]]
-        if q.type == "two-hop":  # the first document names the bridge, the bridge's document holds the answer
-            bridge = q.doc_ids[1].split(":", 1)[1]
-            assert bridge in docs[q.doc_ids[0]]
-        if q.type == "verbatim":  # worded like the document: its own sentence, cut just before the answer
-            assert q.question + " " + answer in docs[q.doc_ids[0]]
-
-
-def test_answers_are_spread_over_positions():
-    """Chance is 1/4 only if the right answer is not always in the same place."""
-    _, questions = facts.generate(0)
-    counts = [sum(q["answer"] == i for q in questions) for i in range(4)]
-    assert min(counts) > 0.15 * len(questions), counts
+# ---------------------------------------------------------------------------- PubMedQA
 
 
 def test_pubmedqa_trains_on_the_non_test_abstracts_and_asks_the_test_questions(data_dir):
@@ -156,3 +125,23 @@ def test_pubmedqa_without_its_files_is_one_line(tmp_path):
 
     with pytest.raises(EngrainError, match=r"--task pubmedqa needs .*ori_pqal\.json .*pass --data-dir or set ENGRAIN_DATA"):
         load_document_task("pubmedqa", data_dir=tmp_path)
+
+
+def test_a_malformed_pubmedqa_file_is_one_line(tmp_path):
+    from engrain.tasks.documents import load_document_task
+
+    (tmp_path / "pubmedqa").mkdir()
+    (tmp_path / "pubmedqa" / "ori_pqal.json").write_text(json.dumps({"1": {"QUESTION": "Q?"}}))  # no CONTEXTS
+    (tmp_path / "pubmedqa" / "test_ground_truth.json").write_text(json.dumps({"1": "yes"}))
+    with pytest.raises(EngrainError, match=r"not laid out as PubMedQA PQA-L .*KeyError") as e:
+        load_document_task("pubmedqa", data_dir=tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_single_text_file_is_a_one_document_corpus(tmp_path):
+    f = tmp_path / "notes.md"
+    f.write_text("# Notes\n\nThe lamp is green.")
+    assert [(d.id, d.text) for d in load_corpus(f)] == [("notes.md", "# Notes\n\nThe lamp is green.")]
+    (tmp_path / "blank.txt").write_text("\n")
+    with pytest.raises(EngrainError, match=r"the corpus is empty: .*blank\.txt"):
+        load_corpus(tmp_path / "blank.txt")

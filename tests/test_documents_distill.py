@@ -142,7 +142,7 @@ def test_a_prefix_student_starts_as_the_corpus_in_context(tiny_model_dir, data_d
     so closed book at step 0 scores each choice exactly as the base model does with the corpus before the question."""
     from engrain.documents import Question
     from engrain.forward import continuation_logprobs
-    from engrain.qa import choice_scores, prompt_text
+    from engrain.documents.qa import choice_scores, prompt_text
     from engrain.train import attach_params
 
     run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cpt", params="prefix"))

@@ -190,7 +190,7 @@ def test_document_task_errors_are_one_line(capsys, argv, message):
 def test_heldout_perplexity_is_padding_independent(tiny, data_dir):
     import math
 
-    from engrain.forgetting import WINDOW, heldout_ids, perplexity
+    from engrain.documents.forgetting import WINDOW, heldout_ids, perplexity
 
     windows = heldout_ids(tiny.tokenizer, data_dir, max_tokens=1500)
     assert len(windows) == 3 and all(len(w) <= WINDOW for w in windows) and sum(map(len, windows)) >= 1500
@@ -205,7 +205,7 @@ def test_heldout_perplexity_is_padding_independent(tiny, data_dir):
 
 
 def test_forgetting_is_measured_before_and_after_training(tiny_model_dir, data_dir, tmp_path, corpus):
-    from engrain import forgetting
+    from engrain.documents import forgetting
     from engrain.models import load_model
 
     rec, model, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cpt", epochs=3, forgetting=True, save=False))

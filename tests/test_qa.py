@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engrain import facts
+from engrain.documents import facts
 from engrain.documents import Question
 from engrain.forward import continuation_logprobs
 from engrain.models import load_model
-from engrain.qa import SEPARATOR, choice_scores, prompt_text, qa_metrics
+from engrain.documents.qa import SEPARATOR, choice_scores, prompt_text, qa_metrics
 
 
 @pytest.fixture()

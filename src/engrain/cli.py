@@ -130,6 +130,25 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote the {name} table into {doc}")
 
 
+def cmd_facts(args: argparse.Namespace) -> None:
+    from engrain.documents import facts, load_corpus, load_questions
+    from engrain.documents.baselines import baselines
+
+    sizes = {k: getattr(args, k) for k in facts.SIZES if getattr(args, k) is not None}
+    for key, value in sizes.items():
+        if value < 2:
+            raise EngrainError(f"--{key} must be an integer >= 2, got {value}")
+    paths = facts.write(args.out, args.seed, **sizes)
+    docs = load_corpus(paths["corpus"])  # read back as `--task qa --corpus ... --questions ...` would
+    for name in ("questions", "train_questions"):
+        qs = load_questions(paths[name], [d.id for d in docs])
+        b = baselines(qs, docs)
+        print(f"{paths[name]}: {len(qs)} questions; chance {b['chance']['accuracy']:.3f}, corpus prior "
+              f"{b['corpus_prior']['accuracy']:.3f}, longest choice {b['longest_choice']['accuracy']:.3f}")
+    print(f"{paths['corpus']}: {len(docs)} documents; {paths['control_corpus']}: the shuffled-facts control; {paths['manifest']}")
+    print(f"evaluate: engrain eval --task qa --corpus {paths['corpus']} --questions {paths['questions']}")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from rich.table import Table
 
@@ -166,7 +185,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     d.add_column("task")
     d.add_column("what")
     for name, what in DOC_TASKS.items():
-        d.add_row(name + ("[:SEED]" if name == "facts" else ""), what)
+        d.add_row(name + ("[:SEED]" if name.startswith("facts") else ""), what)
     console().print(d)
 
 
@@ -206,6 +225,16 @@ def make_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="write report.md, a self-contained report.html and the PNG plots into this folder")
     rp.add_argument("--into", help="a markdown file: replace its <!-- table:FOLDERNAME --> section instead of printing")
     rp.set_defaults(func=cmd_report)
+    f = sub.add_parser("facts", help="write the generated facts benchmark (v2) as files: corpus, test and train questions, "
+                                     "the shuffled-facts control corpus")
+    f.add_argument("--seed", type=int, default=0, help="world seed (the benchmark of --task facts:SEED)")
+    f.add_argument("--out", required=True, help="folder to write corpus.jsonl, questions.jsonl, train_questions.jsonl, "
+                                                "control_corpus.jsonl and manifest.json into")
+    from engrain.documents.facts import SIZES
+
+    for key, default in SIZES.items():
+        f.add_argument(f"--{key}", type=int, help=f"how many {key} (default: {default}; multiples of 4 keep every block whole)")
+    f.set_defaults(func=cmd_facts)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
     return p

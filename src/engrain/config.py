@@ -84,6 +84,9 @@ class EvalConfig:
 
     def _validate_document_task(self) -> None:
         """Document tasks (facts, qa): files named must exist; there are no demonstrations or formats."""
+        if self.task.split(":")[0] != "qa" and (self.corpus or self.questions):
+            raise EngrainError(f"--corpus and --questions go with --task qa; --task {self.task} brings its own documents and questions "
+                               f"(to use its files elsewhere: engrain facts --out DIR)")
         for name in ("corpus", "questions"):
             path = getattr(self, name)
             if self.task.split(":")[0] == "qa" and path is None:
@@ -237,6 +240,8 @@ class TrainConfig(EvalConfig):
     cft_prompts_file: str | None = opt(None, "cft: your own prompts, one per line (instead of --cft-prompts)")
     log_with: str | None = opt(None, "follow training in an experiment tracker (Accelerate's): tensorboard, mlflow or wandb; "
                                      "loss, learning rate, per-epoch and final accuracies; logs under OUT/trackers")
+    shuffled_facts: bool = opt(False, "facts: train on the shuffled-facts control corpus (each attribute's values permuted across "
+                                      "entities: the same words and value counts, wrong facts), scored on the real questions")
     forgetting: bool = opt(False, "also measure, before and after training, RTE 16-shot ICL accuracy and perplexity on held-out "
                                   "text (MNLI premises): what training cost elsewhere")
 
@@ -310,7 +315,10 @@ class TrainConfig(EvalConfig):
 
         if self.train_data is None and not is_document_task(self.task):
             raise EngrainError(f"--method {self.method} trains on documents: give --train-data CORPUS (a folder, a .jsonl file, or facts)")
-        if self.train_data is not None and self.train_data.split(":")[0] != "facts" and not Path(self.train_data).exists():
+        if self.shuffled_facts and (self.task.split(":")[0] != "facts" or self.train_data is not None):
+            raise EngrainError("--shuffled-facts is the control of --task facts[:SEED] (v2): it replaces the task's own corpus, "
+                               "so it takes no --train-data")
+        if self.train_data is not None and self.train_data.split(":")[0] not in ("facts", "facts-v1") and not Path(self.train_data).exists():
             raise EngrainError(f"corpus not found: {self.train_data} (expected a folder of .txt/.md files, a .jsonl file, or facts)")
         _at_least("chunk_tokens", self.chunk_tokens, 8)
         if self.method == "distill":

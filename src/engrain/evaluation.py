@@ -156,7 +156,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     cfg.validate()
     if is_document_task(cfg.task):
-        from engrain.qa import evaluate_documents
+        from engrain.documents.qa import evaluate_documents
 
         return evaluate_documents(cfg)
     spec = get_task(cfg.task)

@@ -33,7 +33,7 @@ from engrain.evaluation import check_fits, eval_sets, score_sets
 from engrain.forward import encode_context, padding_side, training_attention
 from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
-from engrain.qa import score_questions
+from engrain.documents.qa import score_questions
 from engrain.tasks.documents import is_document_task, load_document_task
 from engrain.params import ParamSpec, apply_params, hold_frozen_in, trainable_summary
 from engrain.tasks import TaskSpec, get_task, load_split
@@ -86,7 +86,7 @@ class Run:
         On documents (the prefix's initialisation): BOS, the corpus's documents and a blank line, as open book
         reads them, so that a question follows directly."""
         if self.corpus is not None:
-            from engrain.qa import SEPARATOR
+            from engrain.documents.qa import SEPARATOR
 
             tok = lambda text: self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
             return self.bos_ids + tok(SEPARATOR.join(d.text for d in self.corpus)) + tok(SEPARATOR)
@@ -174,7 +174,7 @@ def prepare(cfg: TrainConfig) -> Run:
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
     if cfg.on_documents:  # documents, not labelled examples: the task's own, unless --train-data names others
         train_spec, shots = spec, []
-        corpus = load_train_corpus(cfg.train_data) if cfg.train_data else qa.corpus
+        corpus = load_train_corpus(cfg.train_data) if cfg.train_data else qa.control if cfg.shuffled_facts else qa.corpus
     else:
         train_spec, corpus = get_task(cfg.train_data or cfg.task), None
         shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
@@ -233,10 +233,10 @@ def track(run: Run, values: dict, step: int) -> None:
 
 
 def load_train_corpus(source: str) -> list:
-    """A corpus path, or ``facts[:SEED]``: the documents of the generated benchmark (world seed, default 0)."""
+    """A corpus path, or ``facts[:SEED]`` / ``facts-v1[:SEED]``: the documents of the generated benchmark."""
     from engrain.documents import load_corpus
 
-    return load_document_task(source).documents if source.split(":")[0] == "facts" else load_corpus(source)
+    return load_document_task(source).documents if source.split(":")[0] in ("facts", "facts-v1") else load_corpus(source)
 
 
 def attach_params(run: Run) -> torch.nn.Module:
@@ -391,7 +391,7 @@ def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
 
 def forgetting_point(run: Run, model: torch.nn.Module) -> dict:
     """RTE 16-shot ICL and held-out perplexity (engrain.forgetting) with an inference copy of ``model``."""
-    from engrain import forgetting
+    from engrain.documents import forgetting
 
     was_training = model.training
     model.eval()

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from engrain.cft_prompts import draw, prompt_pool
+from engrain.documents.prompts import draw, prompt_pool
 from engrain.methods.base import indexed, token_nll
 from engrain.methods.cpt import corpus_record, document_item
 

@@ -1,7 +1,9 @@
 """Document tasks: a corpus to learn and multiple-choice questions about it, scored closed-book (or,
 with --open-book, with each question's documents in context).
 
-    facts[:SEED]   the generated fictional-knowledge benchmark (engrain.facts; world seed, default 0)
+    facts[:SEED]   the generated fictional-knowledge benchmark, v2 (engrain.documents.facts; world seed,
+                   default 0): the test half's questions; every document is learnt
+    facts-v1[:SEED] the first version (engrain.documents.facts_v1), kept for the records made with it
     pubmedqa       PubMedQA PQA-L: train on the abstracts of the 500 non-test PMIDs, answer the 500 test
                    questions yes / no / maybe (open book: with their own abstract)
     qa             your own: --corpus (a folder of .txt/.md or a .jsonl of {id, text}) and --questions (JSONL)
@@ -16,7 +18,9 @@ from pathlib import Path
 from engrain.documents import Document, Question, load_corpus, load_questions
 from engrain.errors import EngrainError
 
-DOC_TASKS = {"facts": "generated fictional people, organisations, places and products; verbatim, paraphrased and two-hop questions",
+DOC_TASKS = {"facts": "generated fictional people, organisations, places and products; verbatim, paraphrased and two-hop questions "
+                      "about the test half of the entities (v2: no prior beats chance)",
+             "facts-v1": "the first version of facts (superseded: a frequency prior answers 44% of it); for its old records",
              "pubmedqa": "PubMedQA PQA-L: the 500 non-test abstracts to learn, the 500 test questions (yes / no / maybe)",
              "qa": "your own documents (--corpus) and multiple-choice questions about them (--questions)"}
 
@@ -31,6 +35,8 @@ class DocumentTask:
     documents: list[Document]  # every document a question may name (open book)
     questions: list[Question]
     train_documents: list[Document] | None = None  # what cpt/cft learn, when not all of them (PubMedQA: not the test abstracts)
+    train_questions: list[Question] | None = None  # questions about other entities than the scored ones (facts v2's train half)
+    control: list[Document] | None = None  # the shuffled-facts corpus (facts v2): same words and value counts, wrong facts
 
     @property
     def corpus(self) -> list[Document]:
@@ -57,25 +63,41 @@ def load_pubmedqa(data_dir: str | Path | None) -> DocumentTask:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EngrainError(f"{folder}: not valid PubMedQA JSON ({e})") from None
     choices = ("yes", "no", "maybe")
-    docs = {pmid: Document(pmid, "\n\n".join(item["CONTEXTS"])) for pmid, item in items.items()}
-    questions = [Question(f"pubmedqa:{pmid}", items[pmid]["QUESTION"], choices, choices.index(answer), (pmid,), answer)
-                 for pmid, answer in test.items()]
+    try:
+        docs = {pmid: Document(pmid, "\n\n".join(item["CONTEXTS"])) for pmid, item in items.items()}
+        questions = [Question(f"pubmedqa:{pmid}", items[pmid]["QUESTION"], choices, choices.index(answer), (pmid,), answer)
+                     for pmid, answer in test.items()]
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise EngrainError(f"{folder}: not laid out as PubMedQA PQA-L (each PMID with QUESTION and CONTEXTS, test answers "
+                           f"yes/no/maybe of PMIDs in ori_pqal.json): {type(e).__name__} {e}") from None
     return DocumentTask("pubmedqa", list(docs.values()), questions, [d for pmid, d in docs.items() if pmid not in test])
+
+
+def _questions(name: str, rows: list[dict]) -> list[Question]:
+    return [Question(f"{name}:{i}", r["question"], tuple(r["choices"]), r["answer"], tuple(r["docs"]), r["type"]) for i, r in enumerate(rows)]
+
+
+def load_facts(name: str, version: str, seed: int) -> DocumentTask:
+    if version == "facts-v1":
+        from engrain.documents import facts_v1
+
+        docs, rows = facts_v1.generate(seed)
+        return DocumentTask(name, docs, _questions(name, rows))
+    from engrain.documents import facts
+
+    b = facts.build(seed)
+    return DocumentTask(name, b.documents, _questions(name, b.questions), train_questions=_questions(f"{name}:train", b.train_questions),
+                        control=b.control)
 
 
 def load_document_task(name: str, corpus: str | None = None, questions: str | None = None, data_dir=None) -> DocumentTask:
     base, _, seed = name.partition(":")
     if base == "pubmedqa":
         return load_pubmedqa(data_dir)
-    if base == "facts":
-        from engrain import facts
-
+    if base in ("facts", "facts-v1"):
         if seed and not seed.isdigit():
-            raise EngrainError(f"facts:SEED takes an integer seed (a generated world), got {seed!r}")
-        docs, rows = facts.generate(int(seed or 0))
-        qs = [Question(f"{name}:{i}", r["question"], tuple(r["choices"]), r["answer"], tuple(r["docs"]), r["type"])
-              for i, r in enumerate(rows)]
-        return DocumentTask(name, docs, qs)
+            raise EngrainError(f"{base}:SEED takes an integer seed (a generated world), got {seed!r}")
+        return load_facts(name, base, int(seed or 0))
     if corpus is None or questions is None:
         raise EngrainError("--task qa needs --corpus (your documents) and --questions (a JSONL of multiple-choice questions)")
     docs = load_corpus(corpus)

@@ -1,12 +1,12 @@
-"""A generated knowledge benchmark no model can know: fictional people, organisations, cities and
-products with attributes, rendered as documents in several styles, and multiple-choice questions
-about them. Deterministic by seed.
+"""The first version of the generated knowledge benchmark (`--task facts-v1[:SEED]`), kept unchanged so
+that the records made with it (docs/results/v1) still mean what they meant. Superseded by
+engrain.documents.facts (v2): here attribute values are drawn independently (skewed), distractors
+uniformly from every value of their type, so a frequency prior answers about 44% of the questions
+(chance 25%), and some two-hop answers are stated in the question's first document.
 
-Question types (each answerable from the documents named in its ``docs``):
-- ``verbatim``: worded like the document's own sentence (a cloze: the sentence up to the answer);
-- ``paraphrase``: the same fact asked in other words (memorising the string is not enough);
-- ``two-hop``: a fact of the entity a first fact points to (A works at B, B is in C: where does
-  A's employer sit?), which needs both documents.
+Fictional people, organisations, cities and products with attributes, rendered as documents in
+several styles, and multiple-choice questions about them (verbatim clozes, paraphrases, two-hop).
+Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from engrain.documents import Document
+from engrain.documents.corpus import Document
 
 _ONSETS = "b br c d dr f g gr h k l m n p qu r s st t th v w z".split()
 _VOWELS = "a e i o u ae ei io ou".split()

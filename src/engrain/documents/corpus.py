@@ -1,10 +1,8 @@
 """Documents to learn into weights, and the questions that test what was learned.
 
 A corpus is a folder of .txt / .md files (every file below it, in sorted order; a file's id is its
-path under the folder) or a JSONL file of ``{"id": ..., "text": ...}`` objects. Documents longer
-than ``chunk_tokens`` are split into chunks on paragraph boundaries, else sentence, else word
-boundaries (characters as a last resort): the chunks of a document concatenate back to exactly its
-text, so no text is lost and none is duplicated.
+path under the folder), a single .txt / .md file (one document), or a JSONL file of
+``{"id": ..., "text": ...}`` objects (engrain.documents.chunking splits long documents).
 
 Questions are JSONL: ``{"question": str, "choices": [str, ...], "answer": int (index into choices),
 "doc": optional document id (or "docs": a list of them, e.g. both hops of a two-hop question),
@@ -15,10 +13,9 @@ Every problem with a file is a one-line :class:`EngrainError` naming the file (a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from engrain.errors import EngrainError
 from engrain.tasks.loaders import jsonl_rows
@@ -59,11 +56,13 @@ def load_corpus(path: str | Path) -> list[Document]:
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
         docs = [Document(str(f.relative_to(p)), _read_text(f)) for f in files]
         where = f"{p} (no .txt or .md files with text)"
+    elif p.is_file() and p.suffix.lower() in TEXT_SUFFIXES:
+        docs, where = [Document(p.name, _read_text(p))], f"{p} (no text in it)"
     elif p.is_file():
         docs = list(_jsonl_documents(p))
         where = f"{p} (no documents with text)"
     else:
-        raise EngrainError(f"corpus not found: {p} (expected a folder of .txt/.md files or a .jsonl file)")
+        raise EngrainError(f"corpus not found: {p} (expected a folder of .txt/.md files, a .txt/.md file or a .jsonl file)")
     docs = [d for d in docs if d.text.strip()]
     if not docs:
         raise EngrainError(f"the corpus is empty: {where}")
@@ -89,50 +88,6 @@ def _jsonl_documents(path: Path) -> Iterable[Document]:
             raise EngrainError(f"{path}:{n}: duplicate document id {doc_id!r}")
         seen.add(doc_id)
         yield Document(doc_id, row["text"])
-
-
-# ---------------------------------------------------------------------------- chunking
-
-# Zero-width split points, coarse to fine; each keeps every character in exactly one piece.
-_BOUNDARIES = (
-    re.compile(r"(?<=\n\n)(?=[^\n])"),  # after a blank line (paragraphs)
-    re.compile(r"(?<=[.!?])(?=\s)"),  # after a sentence's final punctuation
-    re.compile(r"(?<=\s)(?=\S)"),  # between words
-)
-
-
-def chunk_text(text: str, max_tokens: int, count: Callable[[str], int], level: int = 0) -> list[str]:
-    """``text`` split into pieces of at most ``max_tokens`` (by ``count``) whose concatenation is ``text``.
-
-    Paragraphs are packed greedily into chunks; a paragraph too long for one chunk is split at
-    sentences, a sentence at words, a word at characters.
-    """
-    if count(text) <= max_tokens:
-        return [text]
-    if level < len(_BOUNDARIES):
-        pieces = [p for p in _BOUNDARIES[level].split(text) if p]
-        if len(pieces) == 1:
-            return chunk_text(text, max_tokens, count, level + 1)
-    else:
-        pieces = list(text)
-    out, current = [], ""
-    for piece in pieces:
-        if current and count(current + piece) > max_tokens:
-            out.append(current)
-            current = ""
-        if count(piece) > max_tokens:
-            out += chunk_text(piece, max_tokens, count, level + 1)
-            continue
-        current += piece
-    if current:
-        out.append(current)
-    return out
-
-
-def chunk_documents(docs: list[Document], max_tokens: int, count: Callable[[str], int]) -> list[Chunk]:
-    if max_tokens < 8:
-        raise EngrainError(f"--chunk-tokens must be an integer >= 8, got {max_tokens!r}")
-    return [Chunk(d.id, i, t) for d in docs for i, t in enumerate(chunk_text(d.text, max_tokens, count))]
 
 
 # ---------------------------------------------------------------------------- questions
