@@ -56,6 +56,32 @@ def build_tokenizer(texts: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<pad>")
 
 
+def build_sp_tokenizer(texts: list[str]):
+    """A sentencepiece-style tokenizer as Llama-2's, Mistral's and TinyLlama's work: "▁" stands for a space and
+    is prepended to every text, and a BOS is added. Tokenising " Yes" alone gives a lone "▁" token first."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=800, special_tokens=["<pad>", "<bos>", "<unk>", "</s>"]))
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_bos_tokenizer(texts: list[str]):
+    """The byte-level BPE of :func:`build_tokenizer`, adding a BOS as Gemma's and Llama-3's do."""
+    from tokenizers import processors
+
+    tok = build_tokenizer(texts)
+    backend = tok.backend_tokenizer
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tok.bos_token_id)])
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<pad>")
+
+
 def tiny_texts(data_dir: Path | None) -> list[str]:
     words = " Yes No True False Maybe Neither yes no question answer Question Answer"
     texts = [words] * 200
@@ -71,9 +97,9 @@ def tiny_texts(data_dir: Path | None) -> list[str]:
     return texts
 
 
-def save_tiny(model_cls, cfg_cls, folder: Path, **cfg) -> Path:
-    """Build a tiny random model with the in-process tokenizer, save both to ``folder``."""
-    tok = build_tokenizer(tiny_texts(_data_dir()))
+def save_tiny(model_cls, cfg_cls, folder: Path, make_tokenizer=build_tokenizer, **cfg) -> Path:
+    """Build a tiny random model with an in-process tokenizer, save both to ``folder``."""
+    tok = make_tokenizer(tiny_texts(_data_dir()))
     torch.manual_seed(0)
     model = model_cls(cfg_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -95,6 +121,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return save_tiny(LlamaForCausalLM, LlamaConfig, tmp_path_factory.mktemp("tiny-llama"), tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session", params=["bos", "sentencepiece"])
+def tiny_bos_dir(request, tmp_path_factory) -> Path:
+    """A tiny Llama whose tokenizer adds a BOS: byte-level BPE (as Gemma 3), or sentencepiece-style (as Llama-2)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    make = build_bos_tokenizer if request.param == "bos" else build_sp_tokenizer
+    return save_tiny(LlamaForCausalLM, LlamaConfig, tmp_path_factory.mktemp(f"tiny-{request.param}"), make, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="session")

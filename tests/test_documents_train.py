@@ -45,14 +45,36 @@ def test_cft_loss_covers_exactly_the_document_tokens(tiny_model_dir, data_dir, t
         for item, chunk, prompt in zip(method.items, run.chunks, method.prompts[epoch - 1]):
             ids, mask = item["input_ids"], item["loss_mask"]
             assert len(ids) == len(mask)
-            assert tok.decode([t for t, m in zip(ids, mask) if m]) == chunk.text  # the document's tokens, all of them
-            assert tok.decode([t for t, m in zip(ids, mask) if not m], skip_special_tokens=True) == prompt + "\n\n"  # the prompt: masked
+            body = tok(chunk.text, add_special_tokens=False)["input_ids"]
+            assert [t for t, m in zip(ids, mask) if m] == body[1:]  # the document's tokens but the first (no BOS: as CPT)
+            assert ids[-len(body):] == body and sum(mask) == len(body) - 1
+            assert tok.decode(ids[: -len(body)], skip_special_tokens=True) == prompt + "\n\n"  # the prompt: masked
             if epoch == 1:
                 by_doc[chunk.doc_id] = by_doc.get(chunk.doc_id, "") + chunk.text
     assert by_doc == TEXTS  # the chunks are the corpus, nothing lost or repeated
     assert len(run.chunks) > len(TEXTS)  # chunk_tokens 16 split them
     assert method.prompts[0] != method.prompts[1]  # a new prompt per document per epoch ...
     assert build_method("cft", prepare(cfg)).prompts == method.prompts  # ... drawn with the seed
+
+
+def targets(item: dict) -> list[int]:
+    """The tokens token_nll trains on: where the loss mask is 1, from position 1 on."""
+    return [t for t, m in zip(item["input_ids"][1:], item["loss_mask"][1:]) if m]
+
+
+def test_cpt_and_cft_train_on_the_same_tokens_with_and_without_bos(tiny_model_dir, tiny_bos_dir, data_dir, tmp_path, corpus):
+    """v1 trained a BOS-less chunk's first token in CFT only; now both train every token a BOS-less CPT can."""
+    for folder, with_bos in ((tiny_model_dir, False), (tiny_bos_dir, True)):
+        run = prepare(doc_cfg(folder, data_dir, tmp_path, corpus, "cpt"))
+        assert bool(run.bos) == with_bos
+        cpt, cft = build_method("cpt", run), build_method("cft", run)
+        tok = run.lm.tokenizer
+        for a, b, chunk in zip(cpt.items, cft.items, run.chunks):
+            body = tok(chunk.text, add_special_tokens=False)["input_ids"]
+            assert targets(a) == targets(b) == (body if with_bos else body[1:])
+        counted = sum(len(targets(it)) for it in cpt.items)
+        assert cpt.record["corpus"]["target_tokens"] == cft.record["corpus"]["target_tokens"] == counted
+        assert cpt.record["corpus"]["document_tokens"] == counted + (0 if with_bos else len(run.chunks))
 
 
 def test_cpt_trains_on_every_document_token(tiny_model_dir, data_dir, tmp_path, corpus):
@@ -78,7 +100,7 @@ def test_cft_with_your_own_prompts_and_the_facts_corpus(tiny_model_dir, data_dir
     prompts.write_text("Learn this well.\n\nRemember every name below.\n")
     rec, _, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, "facts", "cft", epochs=1, cft_prompts_file=str(prompts),
                                     chunk_tokens=256, save=False))
-    assert rec["corpus"]["documents"] == 46 and rec["cft_prompts"] == str(prompts) and "-own-prompts" in rec["name"]
+    assert rec["corpus"]["documents"] == 72 and rec["cft_prompts"] == str(prompts) and "-own-prompts" in rec["name"]
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -152,7 +174,7 @@ def test_train_on_a_document_task_and_evaluate_the_adapter(tiny_model_dir, tmp_p
     rec, _, _ = train_model(cfg)
     assert [set(c["metrics"]) for c in rec["curve"]] == [{"facts"}, {"facts"}] and rec["curve"][0]["metrics"]["facts"]["n"] == 12
     final = rec["metrics"]["facts"]
-    assert final["n"] == 248 and rec["corpus"]["documents"] == 46 and rec["measure"]["train"]["mfu"] > 0
+    assert final["n"] == 184 and rec["corpus"]["documents"] == 72 and rec["measure"]["train"]["mfu"] > 0
     ev = evaluate(EvalConfig(task="facts", adapter=rec["adapter"]["path"], precision="fp32", out="", progress=False))
     assert ev["metrics"]["facts"] == final  # the saved adapter answers as training ended
 
@@ -173,7 +195,10 @@ def test_your_own_corpus_and_questions(tiny_model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["eval", "--task", "qa"], r"--task qa needs --corpus \(your documents\) and --questions"),
-    (["eval", "--task", "facts", "--questions", "/no/q.jsonl"], r"--questions not found: /no/q.jsonl"),
+    (["eval", "--task", "qa", "--corpus", "/no/c", "--questions", "/no/q.jsonl"], r"--corpus not found: /no/c"),
+    (["eval", "--task", "facts", "--questions", "/no/q.jsonl"], r"--corpus and --questions go with --task qa; --task facts brings its own"),
+    (["eval", "--task", "facts", "--sample", "10"], r"--sample draws a label-stratified sample .* use --limit N"),
+    (["train", "--task", "rte", "--method", "cpt", "--train-data", "facts", "--shuffled-facts"], r"--shuffled-facts is the control of --task facts"),
     (["train", "--task", "facts", "--method", "pbft"], r"--task facts is a document task: train on it with --method cpt, cft or distill"),
     (["eval", "--task", "facts:x", "--out", ""], r"facts:SEED takes an integer seed \(a generated world\), got 'x'"),
 ])

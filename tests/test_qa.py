@@ -1,4 +1,6 @@
-"""Multiple-choice scoring: open-book with a cached document equals the concatenated prompt; closed-book metrics."""
+"""Multiple-choice scoring: tokenised as lm-evaluation-harness does (context and choice together, split at the
+context's tokens), with a BOS-adding and a sentencepiece-style tokenizer too; open book with a cached
+document equals the concatenated prompt; the three scoring rules; --open-book on a question without documents."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from engrain.documents import facts
 from engrain.documents import Question
 from engrain.forward import continuation_logprobs
 from engrain.models import load_model
-from engrain.documents.qa import SEPARATOR, choice_scores, prompt_text, qa_metrics
+from engrain.documents.qa import SEPARATOR, ChoiceScores, choice_scores, context_text, prompt_text, qa_metrics
+from engrain.errors import EngrainError
 
 
 @pytest.fixture()
@@ -20,9 +23,11 @@ def world():
 
 
 def concatenated(model, tok, text: str, choice: str) -> tuple[float, int]:
-    """Reference: the whole prompt and the choice in one sequence, no cache, no padding."""
+    """Reference, as lm-eval builds a loglikelihood request: the prompt and the choice tokenised as one text
+    (with the tokenizer's own special tokens), the choice being what follows the prompt's tokens; one
+    sequence, no cache, no padding."""
     prompt = tok(text, add_special_tokens=True)["input_ids"]
-    ids = prompt + tok(" " + choice, add_special_tokens=False)["input_ids"]
+    ids = tok(text + " " + choice, add_special_tokens=True)["input_ids"]  # split after len(prompt), as lm-eval's _encode_pair
     s, n = continuation_logprobs(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([len(prompt)]))
     return s.item(), n.item()
 
@@ -33,7 +38,7 @@ def test_open_book_with_a_cached_document_equals_the_concatenated_prompt(tiny_an
     lm = load_model(str(tiny_any_dir), "fp32", "cpu")
     qs = questions[:5] + [q for q in questions if q.type == "two-hop"][:3]
     got = choice_scores(lm.model, lm.tokenizer, qs, docs, batch_size=5)
-    for q, (sums, counts) in zip(qs, got):
+    for q, (sums, counts, _) in zip(qs, got):
         text = SEPARATOR.join(docs[d] for d in q.doc_ids) + SEPARATOR + prompt_text(q)
         for c, choice in enumerate(q.choices):
             s, n = concatenated(lm.model, lm.tokenizer, text, choice)
@@ -44,18 +49,49 @@ def test_open_book_with_a_cached_document_equals_the_concatenated_prompt(tiny_an
 def test_closed_book_equals_the_question_alone(tiny, world):
     docs, questions = world
     got = choice_scores(tiny.model, tiny.tokenizer, questions[:6], None, batch_size=7)
-    for q, (sums, _) in zip(questions[:6], got):
+    for q, (sums, _, _) in zip(questions[:6], got):
         for c, choice in enumerate(q.choices):
             assert sums[c] == pytest.approx(concatenated(tiny.model, tiny.tokenizer, prompt_text(q), choice)[0], abs=1e-3, rel=1e-4)
     # the document in context changes the scores (or the open-book test proves nothing)
     opened = choice_scores(tiny.model, tiny.tokenizer, questions[:6], docs)
-    assert any(abs(a - b) > 1e-2 for (x, _), (y, _) in zip(got, opened) for a, b in zip(x, y))
+    assert any(abs(a - b) > 1e-2 for x, y in zip(got, opened) for a, b in zip(x.sums, y.sums))
 
 
-def test_metrics_normalised_and_not():
-    qs = [Question("a", "?", ("x", "y"), 0, (), "verbatim"), Question("b", "?", ("x", "y", "z"), 2, (), "two-hop")]
-    scores = [([-4.0, -3.0], [4, 1]), ([-1.0, -2.0, -2.5], [1, 1, 5])]  # normalised: -1 vs -3; -1, -2, -0.5
+def test_with_a_bos_or_sentencepiece_tokenizer_choices_are_scored_as_lm_eval_does(tiny_bos_dir, world):
+    """The tokenizer adds a BOS (both) and, sentencepiece-style, a "▁" before every text: a choice tokenised alone
+    would start with a lone "▁" token that the joint tokenisation does not have."""
+    docs, questions = world
+    lm = load_model(str(tiny_bos_dir), "fp32", "cpu")
+    tok = lm.tokenizer
+    assert tok("", add_special_tokens=True)["input_ids"] == [tok.bos_token_id]
+    qs = questions[:4] + [q for q in questions if q.type == "two-hop"][:2]
+    for documents in (None, docs):
+        got = choice_scores(lm.model, tok, qs, documents, batch_size=3)
+        for q, scores in zip(qs, got):
+            text = context_text(q, documents)
+            for c, choice in enumerate(q.choices):
+                s, n = concatenated(lm.model, tok, text, choice)
+                assert scores.tokens[c] == n and scores.sums[c] == pytest.approx(s, abs=1e-3, rel=1e-4)
+                assert scores.chars[c] == len(choice)
+    alone = sum(len(tok(" " + c, add_special_tokens=False)["input_ids"]) for q in qs for c in q.choices)
+    joint = sum(sum(s.tokens) for s in choice_scores(lm.model, tok, qs))
+    if tok.convert_ids_to_tokens(tok(" x", add_special_tokens=False)["input_ids"])[0] == "▁":  # sentencepiece-style
+        assert joint < alone  # the lone "▁" of every choice tokenised alone is gone
+
+
+def test_open_book_refuses_a_question_without_documents():
+    q = Question("q.jsonl:3", "Who?", ("a", "b"), 0)
+    with pytest.raises(EngrainError, match=r"q\.jsonl:3: open book needs the question's documents, and it names none"):
+        context_text(q, {"d": "text"})
+
+
+def test_metrics_by_each_rule():
+    qs = [Question("a", "?", ("xx", "y"), 0, (), "verbatim"), Question("b", "?", ("x", "yyyy", "z"), 2, (), "two-hop")]
+    scores = [ChoiceScores([-4.0, -3.0], [4, 1], [2, 1]),  # sum -> 1; token -1 vs -3 -> 0; char -2 vs -3 -> 0
+              ChoiceScores([-1.0, -2.0, -2.5], [1, 1, 5], [1, 4, 1])]  # sum -> 0; token -> 2; char -1, -.5, -2.5 -> 1
     m = qa_metrics(qs, scores)
-    assert m["accuracy"] == 1.0 and m["accuracy_unnormalised"] == 0.0
+    assert (m["accuracy_sum"], m["accuracy_token"], m["accuracy_char"]) == (0.0, 1.0, 0.5)
+    assert m["accuracy"] == m[f"accuracy_{m['scoring']}"]
     assert m["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
-    assert m["by_type"]["two-hop"] == {"n": 1, "accuracy": 1.0, "accuracy_unnormalised": 0.0}
+    assert m["by_type"]["two-hop"]["accuracy_token"] == 1.0 and m["by_type"]["two-hop"]["n"] == 1
+    assert m["longest_is_answer"] == 0.5 and m["longest_picked"] == {"sum": 0.0, "token": 0.5, "char": 1.0}

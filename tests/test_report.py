@@ -85,7 +85,7 @@ def test_report_out_writes_markdown_self_contained_html_and_plots(tmp_path, caps
     docs = Path(__file__).resolve().parents[1] / "docs" / "results"
     nli, facts = tmp_path / "nli", tmp_path / "facts"
     shutil.copytree(docs / "distill_nli", nli, ignore=shutil.ignore_patterns("*/"))
-    shutil.copytree(docs / "facts_docs", facts)
+    shutil.copytree(docs / "v1" / "facts_docs", facts)  # records of the first scoring still report
     (nli / "broken.json").write_text("{")
     out = tmp_path / "report"
     assert main(["report", str(nli), str(facts), "--out", str(out)]) == 0

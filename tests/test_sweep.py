@@ -214,7 +214,9 @@ runs:
     assert sorted(run_sweep(f, echo=lambda *_: None, isolate=False)) == sorted(names)
     assert run_sweep(f, echo=lambda *_: None, isolate=False) == []
     rows = summarize(load_records(tmp_path / "runs"))
-    assert [r["method"] for r in rows] == ["closed-book", "open-book", "cpt-lora"]
+    assert [r["method"] for r in rows] == ["chance", "corpus prior", "longest choice", "closed-book", "open-book", "cpt-lora"]
+    assert rows[1]["in-domain"] == "0.250" and "gap all" in rows[5]  # no-model rows first; gap recovery beside the trained one
+    rows = rows[3:]
     assert rows[1]["speed-up vs icl"] == "1.0" and rows[0]["speed-up vs icl"] == "-" and rows[2]["speed-up vs icl"] != "-"
     assert {r["k"] for r in rows} == {"-"}  # no demonstrations in a document task
 

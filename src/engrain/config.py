@@ -84,6 +84,9 @@ class EvalConfig:
 
     def _validate_document_task(self) -> None:
         """Document tasks (facts, qa): files named must exist; there are no demonstrations or formats."""
+        if self.sample is not None:
+            raise EngrainError(f"--sample draws a label-stratified sample of a classification set; --task {self.task} has questions, "
+                               "not labels: use --limit N (its first N questions)")
         if self.task.split(":")[0] != "qa" and (self.corpus or self.questions):
             raise EngrainError(f"--corpus and --questions go with --task qa; --task {self.task} brings its own documents and questions "
                                f"(to use its files elsewhere: engrain facts --out DIR)")

@@ -150,13 +150,13 @@ def map_predictions(pred: torch.Tensor, spec: TaskSpec, target: TaskSpec, label_
 def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate ICL with k demonstrations, or a model saved by ``engrain train`` (``cfg.adapter``),
     on the task and its out-of-domain partners; return the record (also written under ``cfg.out``)."""
-    from engrain.params import read_adapter_meta
+    from engrain.params import load_for_eval, read_adapter_meta
     from engrain.results import base_record, write_record
     from engrain.tasks.documents import is_document_task
 
     cfg.validate()
     if is_document_task(cfg.task):
-        from engrain.documents.qa import evaluate_documents
+        from engrain.documents.evaluate import evaluate_documents
 
         return evaluate_documents(cfg)
     spec = get_task(cfg.task)
@@ -190,23 +190,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.out:
         record["path"] = str(write_record(record, cfg.out))
     return record
-
-
-def load_for_eval(cfg) -> tuple:
-    """(model, classification head or None, adapter metadata or {}): ``cfg.model`` in ``cfg.precision``, or,
-    with ``cfg.adapter``, the trained model rebuilt in fp32 and copied to the compute dtype, exactly as
-    training's own evaluations ran it. Sets ``cfg.batch_size`` for the device where it is unset."""
-    from engrain.models import default_batch_size, inference_copy, load_model, resolve_dtype
-    from engrain.params import load_trained
-
-    if not cfg.adapter:
-        lm, head, meta = load_model(cfg.model, cfg.precision, cfg.device), None, {}
-    else:
-        lm, head, meta = load_trained(cfg.adapter, cfg.device)
-        lm.dtype = resolve_dtype(cfg.precision, lm.device)
-        lm.model = inference_copy(lm.model, lm.dtype)
-    cfg.batch_size = cfg.batch_size or default_batch_size(lm.device)  # recorded as chosen
-    return lm, head, meta
 
 
 def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, head=None, progress=None,

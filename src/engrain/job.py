@@ -12,18 +12,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-# The default: seed 0 of configs/facts_docs.yaml (the same settings, so its numbers are those runs'),
-# plus the forgetting probes. About 10 minutes on a 2-core CPU.
+# The default: seed 0 of configs/facts_docs.yaml (the same settings, so its numbers are those runs'), each
+# trained method next to its shuffled-facts control, plus the forgetting probes. Sized for a 2-core CPU
+# (README: the times measured with and without native bf16).
 TRAINING = {"params": "lora", "lr": 1.0e-3, "eval_sample": 40, "forgetting": True}
+METHODS = [{"method": "cpt", "epochs": 10}, {"method": "cft", "epochs": 10}, {"method": "distill", "epochs": 3}]
 MAIN = {
     "out": "runs/main",
     "base": {"model": "smollm2-135m", "task": "facts", "seed": 0},
     "runs": [
         {"method": "icl"},  # closed book: the model alone
         {"method": "icl", "open_book": True},  # open book: each question's documents in the prompt
-        {"method": "cpt", "epochs": 10, **TRAINING},
-        {"method": "cft", "epochs": 10, **TRAINING},
-        {"method": "distill", "epochs": 3, **TRAINING},
+        *({**m, **TRAINING, **control} for m in METHODS for control in ({}, {"shuffled_facts": True})),
     ],
 }
 
@@ -34,7 +34,12 @@ def main_spec(out: str | None = None, model: str | None = None, seed: int | None
 
     from engrain.config import load_yaml
 
+    from engrain.errors import EngrainError
+
     spec = load_yaml(config) if config else copy.deepcopy(MAIN)
+    if seed is not None and "seed" in (spec.get("grid") or {}):
+        raise EngrainError(f"--seed {seed} and the seed grid of {config} ({spec['grid']['seed']}) both choose seeds: drop --seed, "
+                           "or the grid's seed")
     spec["base"] = dict(spec.get("base") or {})
     for key, value in (("model", model), ("seed", seed)):
         if value is not None:
@@ -71,17 +76,39 @@ def label(record: dict) -> str:
     return variant("train", record["method"], record["config"]) + f" s{record['config']['seed']}"
 
 
+def _types(m: dict) -> dict:
+    return {t: b["accuracy"] for t, b in m["by_type"].items()}
+
+
+def baseline_rows(records: list[dict]) -> list[dict]:
+    """Chance and the corpus prior (no model) from a record that carries them (engrain.documents.evaluate)."""
+    source = next((r for r in records if "baselines" in r), None)
+    if source is None:
+        return []
+    b = source["baselines"]
+    return [{"method": name, "accuracy": b[key]["accuracy"], **_types(b[key])} for key, name in (("chance", "chance"), ("corpus_prior", "corpus prior"))]
+
+
 def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per record: accuracy (all, per question type), what adapting cost, the per-question cost
+    """One row per record, after the no-model rows (chance, corpus prior): accuracy (all, per question type), gap
+    recovery against the base model and open book (all, per type), what adapting cost, the per-question cost
     against open book, and forgetting (after training vs the base model)."""
-    books = [r for r in records if r["kind"] == "eval" and r["config"].get("open_book")]
-    open_ms = books[0]["measure"][books[0]["config"]["task"]]["ms_per_question"] if books else None
-    before = next((r["forgetting"]["before"] for r in records if "forgetting" in r), None)
-    rows = []
+    from engrain.documents.baselines import gap_recovery
+
+    evals = [r for r in records if r["kind"] == "eval" and not r["config"].get("adapter")]
+    book = next((r for r in evals if r["config"].get("open_book")), None)
+    base = next((r for r in evals if not r["config"].get("open_book")), None)
+    task = records[0]["config"]["task"]
+    open_ms = book["measure"][task]["ms_per_question"] if book else None
+    before = next((r["forgetting"]["before"] for r in records if "forgetting" in r and base and r["config"]["model"] == base["config"]["model"]), None)
+    rows = baseline_rows(records)
     for r in records:
-        task = r["config"]["task"]
         m, meas = r["metrics"][task], r["measure"][task]
-        row = {"method": label(r), "accuracy": m["accuracy"], **{t: b["accuracy"] for t, b in m["by_type"].items()}}
+        row = {"method": label(r), "accuracy": m["accuracy"], **_types(m)}
+        gap = m.get("gap_recovery") or (gap_recovery(m, base["metrics"][task], book["metrics"][task]) if r["kind"] == "train" and base and book else None)
+        if gap:
+            row["gap"] = gap["overall"]
+            row.update({f"gap {t}": g for t, g in gap["by_type"].items()})
         teacher = r.get("teacher", {}).get("seconds", 0.0)
         train = r["measure"].get("train")
         row["adapt s"] = (train["seconds"] + teacher) if train else 0.0
@@ -90,11 +117,20 @@ def summary_rows(records: list[dict]) -> list[dict]:
             [r["teacher"]["peak_memory_mb"]] if teacher else []))
         row["ms/question"] = meas["ms_per_question"]
         row["vs open book"] = open_ms / meas["ms_per_question"] if open_ms and not r["config"].get("open_book") else None
-        probe = r["forgetting"]["after"] if "forgetting" in r else (before if r["kind"] == "eval" and not r["config"].get("open_book") else None)
+        probe = r["forgetting"]["after"] if "forgetting" in r else (before if r is base else None)
         row["RTE 16-shot"] = probe["rte_icl16_accuracy"] if probe else None
         row["held-out ppl"] = probe["heldout_perplexity"] if probe else None
         rows.append(row)
     return rows
+
+
+def measured_seconds(record: dict) -> float:
+    """What a record measured itself spending: evaluation, training, generating, probes (not start-up and loading)."""
+    total = sum(v["seconds"] for v in record["measure"].values() if isinstance(v, dict) and "seconds" in v)
+    total += record["measure"].get("train", {}).get("per_epoch_eval_seconds", 0.0) + record.get("teacher", {}).get("seconds", 0.0)
+    for probe in record.get("forgetting", {}).values():
+        total += 0.0 if probe.get("cached") else probe.get("seconds", 0.0)
+    return total
 
 
 def _cell(key: str, value) -> str:
@@ -108,6 +144,8 @@ def _cell(key: str, value) -> str:
         return f"{value:.1f}"
     if key == "vs open book":
         return f"{value:.1f}x faster"
+    if key.startswith("gap"):
+        return f"{value:.0%}"
     return f"{value:.3f}"
 
 
@@ -116,26 +154,32 @@ def formatted(rows: list[dict]) -> list[dict]:
 
 
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
-    """Closed-book accuracy against the seconds spent adapting (training, plus generating for distill):
-    one point per method; open book as the line to reach, chance below."""
+    """Closed-book accuracy against the seconds spent adapting (training, plus generating for distill): one
+    point per method (shuffled-facts controls hollow); open book as the line to reach, chance and the corpus
+    prior below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    lines = {"open book": "tab:green", "chance": "tab:gray", "corpus prior": "tab:brown", "base": "tab:blue"}
     for row in rows:
-        if row["method"].startswith("open book"):
-            ax.axhline(row["accuracy"], color="tab:green", ls="--", lw=1)
-            ax.annotate(f"open book: {row['accuracy']:.3f} ({row['ms/question']:.0f} ms/question)", (0, row["accuracy"]),
-                        xytext=(4, 4), textcoords="offset points", color="tab:green", fontsize=8)
+        line = next((name for name in lines if row["method"].startswith(name)), None)
+        if line:
+            ax.axhline(row["accuracy"], color=lines[line], ls="--" if line == "open book" else ":", lw=1)
+            note = f" ({row['ms/question']:.0f} ms/question)" if line == "open book" else ""
+            ax.annotate(f"{row['method']}: {row['accuracy']:.3f}{note}", (0, row["accuracy"]), xytext=(4, 4), textcoords="offset points",
+                        color=lines[line], fontsize=7)
             continue
-        ax.scatter(row["adapt s"], row["accuracy"], s=40, zorder=3)
-        ax.annotate(row["method"], (row["adapt s"], row["accuracy"]), xytext=(5, -10), textcoords="offset points", fontsize=8)
+        control = "shuffled" in row["method"]
+        ax.scatter(row["adapt s"], row["accuracy"], s=40, zorder=3, facecolors="none" if control else None,
+                   edgecolors="tab:gray" if control else None)
+        ax.annotate(row["method"], (row["adapt s"], row["accuracy"]), xytext=(5, -10), textcoords="offset points", fontsize=7)
     ax.margins(x=0.2)
     ax.set_xlabel("seconds spent adapting the model (training; distill: + generating its transfer set)")
     ax.set_ylabel("closed-book accuracy")
-    ax.set_title("Learning the documents into the weights: accuracy against cost", fontsize=10)
+    ax.set_title("Learning the documents into the weights: accuracy against cost (hollow: shuffled-facts control)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,44 +188,59 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def _control_of(row: dict, rows: list[dict]) -> dict | None:
+    name, seed = row["method"].rsplit(" ", 1)
+    return next((r for r in rows if r["method"] == f"{name}-shuffled {seed}"), None)
+
+
 def write_report(rows: list[dict], records: list[dict], out: Path, plot: Path, seconds: float) -> Path:
     from engrain.report import markdown
 
     host, cfg = records[0]["host"], records[0]["config"]
-    trained = [r for r in rows if r["adapt s"]]
-    floor = next((r for r in rows if r["method"].startswith("base")), None)
-    book = next((r for r in rows if r["method"].startswith("open book")), None)
+    trained = [r for r in rows if r["adapt s"] and "shuffled" not in r["method"]] if rows else []
+    params = sorted({r["config"]["params"] for r in records if r["kind"] == "train"})
+    measured = sum(measured_seconds(r) for r in records)
     lines = [
         f"# engrain run: {cfg['task']} on {cfg['model']}",
         "",
         f"{len(records)} runs, records in `{out}` ({host.get('cpu', '?')}, {host.get('cpu_bf16', '?')} bf16, "
-        f"torch {records[0]['versions'].get('torch', '?')}); this report took {seconds:.0f} s to make "
+        f"torch {records[0]['versions'].get('torch', '?')}). The runs measured {measured / 60:.1f} min of work (training, "
+        f"generating, evaluating, probes; without start-up and model loading); this call took {seconds / 60:.1f} min "
         "(runs already recorded are not rerun).",
         "",
-        "Closed-book multiple-choice accuracy after learning the documents into the weights (LoRA), against the model alone "
-        "(floor) and with each question's documents in the prompt (open book). `adapt s`: training time, plus generating "
-        "the transfer set for distill. `vs open book`: how much faster a question is answered than with the documents in "
-        "the prompt. `RTE 16-shot`, `held-out ppl`: general ability after training (the base model's on its own row).",
+        f"Closed-book multiple-choice accuracy after learning the documents into the weights ({', '.join(params) or 'no training'}), "
+        "against chance and the corpus prior (pick the choice the corpus mentions most: no model; facts v2 is built so that "
+        "it scores chance), the model alone (base, closed book) and with each question's documents in the prompt (open book). "
+        "`-shuffled` rows are the shuffled-facts control: the same method on a corpus whose attribute values are permuted "
+        "across entities (same words, same value counts, wrong facts); what a method gains over its control is knowledge, "
+        "not the corpus's surface. `gap`: gap recovery, (closed - base) / (open book - base), overall and per question type. "
+        "Accuracy is scored by the summed log-likelihood of each choice (lm-eval's acc). `adapt s`: training time, plus "
+        "generating the transfer set for distill. `vs open book`: how much faster a question is answered than with the "
+        "documents in the prompt. `RTE 16-shot`, `held-out ppl`: general ability after training (the base model's on its row).",
         "",
         markdown(formatted(rows)),
         "",
         f"![accuracy against adaptation time]({plot.name})",
         "",
     ]
-    if trained and floor and book:
+    if trained and any("gap" in r for r in trained):
         best = max(trained, key=lambda r: r["accuracy"])
-        share = (best["accuracy"] - floor["accuracy"]) / (book["accuracy"] - floor["accuracy"]) if book["accuracy"] != floor["accuracy"] else 0
-        lines += [f"Best closed-book: {best['method']} at {best['accuracy']:.3f}, against {floor['accuracy']:.3f} for the model alone "
-                  f"and {book['accuracy']:.3f} open book: {share:.0%} of the way from the floor to open book, answering "
-                  f"{best['vs open book']:.1f}x faster per question than open book.", ""]
+        control = _control_of(best, rows)
+        versus = (f"; its shuffled-facts control scores {control['accuracy']:.3f} (gap {_cell('gap', control.get('gap'))}), so "
+                  f"{best['accuracy'] - control['accuracy']:+.3f} of it is knowledge of the facts" if control else "")
+        lines += [f"Best closed-book: {best['method']} at {best['accuracy']:.3f}, gap recovery {_cell('gap', best.get('gap'))} "
+                  f"(verbatim {_cell('gap', best.get('gap verbatim'))}, paraphrase {_cell('gap', best.get('gap paraphrase'))}, two-hop "
+                  f"{_cell('gap', best.get('gap two-hop'))}){versus}; it answers {best['vs open book']:.1f}x faster per question than "
+                  "open book.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
 # The terminal table's short headings (the report keeps the long ones and every column).
-SHORT = {"paraphrase": "para.", "two-hop": "2-hop", "verbatim": "verb.", "adapt s": "adapt s", "peak MB": "peak MB",
-         "ms/question": "ms/q", "vs open book": "vs open", "RTE 16-shot": "RTE-16", "held-out ppl": "ppl"}
+SHORT = {"paraphrase": "para.", "two-hop": "2-hop", "verbatim": "verb.", "gap": "gap", "gap verbatim": "gap v.",
+         "gap paraphrase": "gap p.", "gap two-hop": "gap 2h", "adapt s": "adapt s", "ms/question": "ms/q", "vs open book": "vs open",
+         "RTE 16-shot": "RTE-16", "held-out ppl": "ppl"}
 
 
 def print_rows(rows: list[dict]) -> None:

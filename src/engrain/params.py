@@ -183,3 +183,19 @@ def load_trained(path: str, device: str = "auto"):
         head.weight.data.copy_(w)
         head.to(lm.device).requires_grad_(False)
     return lm, head, meta
+
+
+def load_for_eval(cfg) -> tuple:
+    """(model, classification head or None, adapter metadata or {}): ``cfg.model`` in ``cfg.precision``, or,
+    with ``cfg.adapter``, the trained model rebuilt in fp32 and copied to the compute dtype, exactly as
+    training's own evaluations ran it. Sets ``cfg.batch_size`` for the device where it is unset."""
+    from engrain.models import default_batch_size, inference_copy, load_model, resolve_dtype
+
+    if not cfg.adapter:
+        lm, head, meta = load_model(cfg.model, cfg.precision, cfg.device), None, {}
+    else:
+        lm, head, meta = load_trained(cfg.adapter, cfg.device)
+        lm.dtype = resolve_dtype(cfg.precision, lm.device)
+        lm.model = inference_copy(lm.model, lm.dtype)
+    cfg.batch_size = cfg.batch_size or default_batch_size(lm.device)  # recorded as chosen
+    return lm, head, meta

@@ -8,18 +8,39 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _f(value, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+# A documents record's baselines, in the order they are shown (engrain.documents.evaluate).
+BASELINE_ROWS = (("chance", "chance"), ("corpus_prior", "corpus prior"), ("longest_choice", "longest choice"),
+                 ("base", "base model, closed book"), ("open_book", "base model, open book"))
+
+
 def qa_table(record: dict) -> Table:
-    """Multiple-choice accuracy on a document task, all and per question type, with its cost."""
+    """Multiple-choice accuracy on a document task, all and per question type, by each scoring rule (the
+    headline first), gap recovery, the baselines the record carries, and the cost."""
     cfg = record["config"]
     t = Table(title=f"{record['method']} | {cfg['model']} | {cfg['task']} | {'open' if cfg.get('open_book') else 'closed'} book")
-    for col in ("questions", "n", "accuracy", "unnormalised", "chance", "ms/question", "peak MB"):
+    for col in ("questions", "n", "accuracy", "sum", "per token", "per char", "gap recovered", "ms/question", "peak MB"):
         t.add_column(col, justify="left" if col == "questions" else "right")
     for split, m in record["metrics"].items():
-        s = record["measure"][split]
-        t.add_row("all", str(m["n"]), f"{m['accuracy']:.3f}", f"{m['accuracy_unnormalised']:.3f}", f"{m['chance']:.3f}",
-                  f"{s['ms_per_question']:.1f}", f"{s['peak_memory_mb']:.0f}")
+        s, gap = record["measure"][split], m.get("gap_recovery", {})
+
+        def cells(x: dict, g) -> list[str]:  # older records: the per-token mean was the headline, the sum "unnormalised"
+            return [_f(x["accuracy"]), _f(x.get("accuracy_sum", x.get("accuracy_unnormalised"))), _f(x.get("accuracy_token")),
+                    _f(x.get("accuracy_char")), _f(g, ".0%")]
+
+        t.add_row("all", str(m["n"]), *cells(m, gap.get("overall")), f"{s['ms_per_question']:.1f}", f"{s['peak_memory_mb']:.0f}")
         for kind, b in m["by_type"].items():
-            t.add_row(f"  {kind}", str(b["n"]), f"{b['accuracy']:.3f}", f"{b['accuracy_unnormalised']:.3f}", "", "", "")
+            t.add_row(f"  {kind}", str(b["n"]), *cells(b, gap.get("by_type", {}).get(kind)), "", "")
+        for key, name in BASELINE_ROWS:
+            if key in record.get("baselines", {}):
+                b = record["baselines"][key]
+                t.add_row(f"[dim]{name}[/dim]", "", _f(b["accuracy"]), *(_f(b.get(f"accuracy_{r}")) for r in ("sum", "token", "char")),
+                          "", "", "")
+    if "scoring" in record.get("baselines", {}) or any("scoring" in m for m in record["metrics"].values()):
+        t.caption = "accuracy: the summed log-likelihood of each choice (lm-eval's acc); per char: lm-eval's acc_norm"
     return t
 
 
@@ -169,6 +190,12 @@ def summarize(records: list[dict]) -> list[dict]:
                 row[f"{col} MCC"] = _mean_std([r["metrics"][split]["mcc"] for r in rs])
             for heur in rs[0]["metrics"][split].get("by_heuristic", {}):
                 row[f"{col}:{heur}"] = _mean_std([r["metrics"][split]["by_heuristic"][heur]["all"] for r in rs])
+            for kind in rs[0]["metrics"][split].get("by_type", {}):  # a document task's question types
+                row[kind] = _mean_std([r["metrics"][split]["by_type"][kind]["accuracy"] for r in rs if kind in r["metrics"][split]["by_type"]])
+            gaps = [r["metrics"][split]["gap_recovery"] for r in rs if "gap_recovery" in r["metrics"][split]]
+            for kind in ([None] + list(gaps[0]["by_type"])) if gaps else []:
+                values = [g["overall"] if kind is None else g["by_type"].get(kind) for g in gaps]
+                row[f"gap {kind or 'all'}"] = _mean_std([v for v in values if v is not None])
             per_query = [r["measure"][split]["seconds"] / r["metrics"][split]["n"] * 1000 for r in rs]
             row[f"{col} ms/query"] = f"{statistics.median(per_query):.1f}"
         train = [r["measure"]["train"] for r in rs if "train" in r["measure"]]
@@ -184,7 +211,24 @@ def summarize(records: list[dict]) -> list[dict]:
             v["peak_memory_mb"] for v in r["measure"].values() if isinstance(v, dict) and "peak_memory_mb" in v) for r in rs]
         row["peak MB"] = f"{max(peaks):.0f}"
         rows.append(row)
-    return _with_speedup(rows)
+    return _with_baseline_rows(_with_speedup(rows), records)
+
+
+def _with_baseline_rows(rows: list[dict], records: list[dict]) -> list[dict]:
+    """Before each model's rows on a document task: chance, the corpus prior and the longest choice (no model),
+    from a record that carries them (engrain.documents.evaluate)."""
+    out, done = [], set()
+    for row in rows:
+        key = (row["model"], row["task"])
+        source = next((r for r in records if "baselines" in r and (r["config"]["model"], r["config"]["task"]) == key), None)
+        if source is not None and key not in done:
+            done.add(key)
+            for name, label in BASELINE_ROWS[:3]:
+                b = source["baselines"][name]
+                out.append({"model": row["model"], "task": row["task"], "method": label, "k": row["k"], "in-domain": f"{b['accuracy']:.3f}",
+                            **{kind: f"{v['accuracy']:.3f}" for kind, v in b["by_type"].items()}})
+        out.append(row)
+    return out
 
 
 def _with_speedup(rows: list[dict]) -> list[dict]:

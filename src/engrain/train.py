@@ -33,6 +33,7 @@ from engrain.evaluation import check_fits, eval_sets, score_sets
 from engrain.forward import encode_context, padding_side, training_attention
 from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
+from engrain.documents.evaluate import base_references, with_baselines
 from engrain.documents.qa import score_questions
 from engrain.tasks.documents import is_document_task, load_document_task
 from engrain.params import ParamSpec, apply_params, hold_frozen_in, trainable_summary
@@ -129,6 +130,11 @@ class Run:
     def check_fits(self, before: int, seqs) -> None:
         check_fits(before, seqs, self.lm.max_length)
 
+    @property
+    def questions(self) -> list:
+        """A document task's scored questions (the first --limit of them)."""
+        return self.qa.questions[: self.cfg.limit] if self.cfg.limit else self.qa.questions
+
 
 def train(cfg: TrainConfig) -> dict:
     """Fine-tune, evaluate per epoch and at the end, save what was trained and the record."""
@@ -142,13 +148,16 @@ def train_model(cfg: TrainConfig):
     cfg.validate()
     run = prepare(cfg)
     start_tracking(run)
-    before = forgetting_point(run, run.lm.model) if cfg.forgetting else None
+    before = forgetting_before(run) if cfg.forgetting else None
+    refs = base_references(run, run.questions) if run.qa and run.acc.is_main_process else None  # cached; before any adapter
     method = build_method(cfg.method, run)
     run.check_fits(run.virtual_tokens, [it["input_ids"] for it in method.items])
     loop = make_loop(run, method, attach_params(run))
     curve, measure = fit(run, loop)
-    final = evaluation_point(run, loop, run.qa.questions if run.qa else run.sets, full=True)
+    final = evaluation_point(run, loop, run.questions if run.qa else run.sets, full=True)
     record = make_record(run, method, loop, curve, final, measure)
+    if run.qa:
+        with_baselines(record, run.qa, run.questions, refs, trained=True)
     if before is not None:
         record["forgetting"] = {"before": before, "after": forgetting_point(run, run.acc.unwrap_model(loop.model))}
     track(run, {f"final/{split}/accuracy": m["accuracy"] for split, m in record["metrics"].items()}, loop.step)
@@ -309,7 +318,7 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
     sample) every epoch or every cfg.eval_every steps. The meter is paused during evaluation points,
     so training's seconds and peak memory are training's alone."""
     cfg, acc = run.cfg, run.acc
-    sample = per_epoch_questions(run.qa.questions, cfg) if run.qa else per_epoch_sets(run.sets, cfg)
+    sample = per_epoch_questions(run.questions, cfg) if run.qa else per_epoch_sets(run.sets, cfg)
     curve: list[dict] = []
     bar = _bar(cfg.progress and acc.is_main_process, loop.total_steps)
     loop.model.train()
@@ -387,6 +396,20 @@ def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
     del scoring
     loop.model.train()
     return {"metrics": metrics, "measure": measure}
+
+
+def forgetting_before(run: Run) -> dict:
+    """The base model's forgetting probes: the same for every run of a model, precision and batch size, so cached
+    ($ENGRAIN_CACHE/forgetting); the record says when it was (``cached``)."""
+    from engrain.cache import cached, model_fingerprint
+    from engrain.documents import forgetting
+    from engrain.tasks.loaders import default_data_dir
+
+    fresh = []
+    key = [forgetting.VERSION, model_fingerprint(run.cfg.model), str(run.compute), run.lm.device.type, run.cfg.batch_size,
+           str(run.cfg.data_dir or default_data_dir())]
+    out = cached("forgetting", key, lambda: fresh.append(1) or forgetting_point(run, run.lm.model))
+    return {**out, "cached": not fresh}
 
 
 def forgetting_point(run: Run, model: torch.nn.Module) -> dict:

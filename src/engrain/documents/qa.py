@@ -1,22 +1,42 @@
-"""Multiple-choice question answering about documents: closed-book (the question alone, after BOS)
-or open-book (the question's documents as a context, encoded once per document set and reused for
-every question and choice that shares it). Each choice is scored by the log-likelihood of its tokens
-after the prompt; the prediction is the highest length-normalised score (mean log-prob per token),
-and the record keeps the unnormalised (summed) accuracy too."""
+"""Multiple-choice question answering about documents: closed book (the question alone, after BOS) or
+open book (the question's documents before it).
+
+Each choice is scored as lm-evaluation-harness scores a loglikelihood request: the context (documents,
+question) and the continuation (" " + choice) are tokenised **together**, and the continuation is what
+comes after the context's own tokens. Tokenising a choice alone would give sentencepiece tokenizers
+(Llama-2, Mistral, TinyLlama) a lone "▁" before every choice and shift each choice's per-token mean.
+The documents shared by a question's choices (and by every question that names the same documents)
+are encoded once: the rows' common token prefix is cached and reused.
+
+Three rules turn the log-likelihoods into a choice, and every record keeps all three:
+- ``sum``: the summed log-likelihood of the choice's tokens (lm-eval's ``acc``);
+- ``token``: its mean per token;
+- ``char``: the sum divided by the choice's length in characters (lm-eval's ``acc_norm``).
+The headline (``HEADLINE``) is the sum: measured on facts v2 with smollm2-135m (docs/experiments.md),
+open book scores highest by it and its picks are the least drawn to long or short choices.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
-from engrain.documents import Question
+from engrain.documents.corpus import Question
 from engrain.errors import EngrainError
 from engrain.forward import continuation_logprobs, encode_context, pad, repeat_cache
 from engrain.measure import Meter, matmul_peak
 
 SEPARATOR = "\n\n"  # between the documents, and between them and the question
+RULES = ("sum", "token", "char")
+HEADLINE = "sum"
+
+
+class ChoiceScores(NamedTuple):
+    sums: list[float]  # summed log-probability of each choice's tokens
+    tokens: list[int]  # how many tokens each choice's continuation has
+    chars: list[int]  # each choice's length in characters
 
 
 def prompt_text(q: Question) -> str:
@@ -24,54 +44,98 @@ def prompt_text(q: Question) -> str:
     return q.question if not q.question.rstrip().endswith("?") else f"Question: {q.question}\nAnswer:"
 
 
+def context_text(q: Question, documents: dict[str, str] | None) -> str:
+    """What comes before the choice: the question's documents (open book) and the prompt."""
+    if documents is None:
+        return prompt_text(q)
+    if not q.doc_ids:
+        raise EngrainError(f"{q.id}: open book needs the question's documents, and it names none (give it \"doc\" or \"docs\")")
+    return SEPARATOR.join(documents[d] for d in q.doc_ids) + SEPARATOR + prompt_text(q)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-evaluation-harness's ``_encode_pair``: trailing spaces of the
+    context move to the continuation, the two are tokenised as one text and split after the context's
+    own token count."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole, n = encode(context + continuation), len(encode(context))
+    if n >= len(whole):  # the continuation merged into the context's last token: score it on its own
+        return encode(context), encode(continuation)
+    return whole[:n], whole[n:]
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    n = min(map(len, rows))
+    first = rows[0]
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return n
+
+
 @torch.no_grad()
 def choice_scores(model, tokenizer, questions: Sequence[Question], documents: dict[str, str] | None = None,
-                  batch_size: int = 16, bos: bool = True) -> list[tuple[list[float], list[int]]]:
-    """Per question: (summed log-prob of each choice, its token count). With ``documents`` (id -> text)
-    each question is asked after its own documents (open book); without, after BOS alone (closed book),
-    or, with ``bos`` false, after nothing: a KV-prefix model's prefix holds BOS and comes first."""
-    bos = tokenizer("", add_special_tokens=True)["input_ids"] if bos else []
+                  batch_size: int = 16, bos: bool = True) -> list[ChoiceScores]:
+    """Per question, the :class:`ChoiceScores` of its choices. With ``documents`` (id -> text) each question
+    is asked after its own documents (open book); without, after BOS alone (closed book), or, with
+    ``bos`` false, after nothing: a KV-prefix model's prefix holds BOS and comes first."""
+    bos_ids = tokenizer("", add_special_tokens=True)["input_ids"] if bos else []
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, q in enumerate(questions):
         groups[q.doc_ids if documents is not None else ()].append(i)
     out: list = [None] * len(questions)
     for doc_ids, idx in groups.items():
-        context = bos + (tokenizer(SEPARATOR.join(documents[d] for d in doc_ids), add_special_tokens=False)["input_ids"] if doc_ids else [])
-        cache = encode_context(model, context) if doc_ids else None
-        rows = []  # (question index, choice index, prompt ids, choice ids)
+        rows = []  # (question index, choice index, token ids, where the choice starts)
         for i in idx:
-            q = questions[i]
-            prompt = tokenizer((SEPARATOR if doc_ids else "") + prompt_text(q), add_special_tokens=False)["input_ids"]
-            prompt = prompt if doc_ids else bos + prompt
-            for c, choice in enumerate(q.choices):
-                rows.append((i, c, prompt, tokenizer(" " + choice, add_special_tokens=False)["input_ids"]))
+            context = context_text(questions[i], documents)
+            for c, choice in enumerate(questions[i].choices):
+                ctx, cont = encode_pair(tokenizer, context, " " + choice)
+                rows.append((i, c, bos_ids + ctx + cont, len(bos_ids) + len(ctx)))
+        # the documents (open book) are every row's common start: encoded once, as a cache; the token before
+        # each choice stays in its row, since its logits score the choice's first token
+        n_past = min(common_prefix([r for _, _, r, _ in rows]), min(s for *_, s in rows) - 1) if doc_ids else 0
+        cache = encode_context(model, rows[0][2][:n_past]) if n_past else None
         sums = {}
         for b in range(0, len(rows), batch_size):
             batch = rows[b : b + batch_size]
-            ids, mask = pad([p + c for _, _, p, c in batch], tokenizer.pad_token_id, "right")
-            starts = torch.tensor([len(p) for _, _, p, _ in batch])
+            ids, mask = pad([r[n_past:] for _, _, r, _ in batch], tokenizer.pad_token_id, "right")
+            starts = torch.tensor([s - n_past for *_, s in batch])
             past = repeat_cache(cache, len(batch)) if cache is not None else None
-            s, n = continuation_logprobs(model, ids.to(model.device), mask.to(model.device), starts.to(model.device), past,
-                                         len(context) if cache is not None else 0)
+            s, n = continuation_logprobs(model, ids.to(model.device), mask.to(model.device), starts.to(model.device), past, n_past)
             for (i, c, _, _), si, ni in zip(batch, s.tolist(), n.tolist()):
                 sums[i, c] = (si, ni)
         for i in idx:
-            scores = [sums[i, c] for c in range(len(questions[i].choices))]
-            out[i] = ([s for s, _ in scores], [n for _, n in scores])
+            choices = questions[i].choices
+            out[i] = ChoiceScores([sums[i, c][0] for c in range(len(choices))], [sums[i, c][1] for c in range(len(choices))],
+                                  [len(c) for c in choices])
     return out
 
 
-def qa_metrics(questions: Sequence[Question], scores) -> dict:
-    """Accuracy (length-normalised prediction), unnormalised accuracy, chance, and both per question type."""
-    right = [(max(range(len(s)), key=lambda c: s[c] / n[c]) == q.answer, max(range(len(s)), key=s.__getitem__) == q.answer)
-             for q, (s, n) in zip(questions, scores)]  # (normalised, summed) hit per question
+def predict(scores: ChoiceScores, rule: str) -> int:
+    """The chosen index under ``rule`` (sum, token or char)."""
+    norm = {"sum": [1] * len(scores.sums), "token": scores.tokens, "char": scores.chars}[rule]
+    values = [s / max(n, 1) for s, n in zip(scores.sums, norm)]
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def qa_metrics(questions: Sequence[Question], scores: Sequence[ChoiceScores]) -> dict:
+    """Accuracy by the headline rule, by each rule (``accuracy_sum`` / ``_token`` / ``_char``), chance, the same
+    per question type, and how often each rule picks the longest choice (in characters) against how often
+    the answer is the longest (``longest_picked``: a rule drawn to long choices picks it more often)."""
+    picks = {rule: [predict(s, rule) for s in scores] for rule in RULES}
+    longest = [max(range(len(q.choices)), key=lambda c: len(q.choices[c])) for q in questions]
 
     def acc(kind: str | None) -> dict:
-        hits = [h for q, h in zip(questions, right) if kind is None or q.type == kind]
-        return {"n": len(hits), "accuracy": sum(a for a, _ in hits) / len(hits),
-                "accuracy_unnormalised": sum(b for _, b in hits) / len(hits)}
+        sel = [j for j, q in enumerate(questions) if kind is None or q.type == kind]
+        rules = {f"accuracy_{r}": sum(picks[r][j] == questions[j].answer for j in sel) / len(sel) for r in RULES}
+        return {"n": len(sel), "accuracy": rules[f"accuracy_{HEADLINE}"], **rules}
 
-    return {**acc(None), "chance": sum(1 / len(q.choices) for q in questions) / len(questions),
+    return {**acc(None), "scoring": HEADLINE, "chance": sum(1 / len(q.choices) for q in questions) / len(questions),
+            "longest_picked": {r: sum(p == lg for p, lg in zip(picks[r], longest)) / len(questions) for r in RULES},
+            "longest_is_answer": sum(q.answer == lg for q, lg in zip(questions, longest)) / len(questions),
             "by_type": {t: acc(t) for t in sorted({q.type for q in questions})}}
 
 
@@ -86,29 +150,3 @@ def score_questions(lm, questions: Sequence[Question], documents: dict[str, str]
     measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000, **m.memory(),
                "open_book": documents is not None, "matmul_peak_tflops": peak / 1e12}
     return qa_metrics(questions, scores), measure
-
-
-def evaluate_documents(cfg) -> dict:
-    """`engrain eval` on a document task: closed-book (the base model, or a trained one with --adapter),
-    or open-book (--open-book: each question's documents in context)."""
-    import dataclasses
-
-    from engrain.evaluation import load_for_eval
-    from engrain.params import read_adapter_meta
-    from engrain.results import base_record, eval_method, write_record
-    from engrain.tasks.documents import load_document_task
-
-    task = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir)  # files first: bad ones fail before the model loads
-    questions = task.questions[: cfg.limit] if cfg.limit else task.questions
-    if cfg.adapter:  # the record names the model actually evaluated
-        cfg = dataclasses.replace(cfg, model=read_adapter_meta(cfg.adapter)["base_model"])
-    lm, _, meta = load_for_eval(cfg)
-    if meta.get("prefix_tokens") and cfg.open_book:
-        raise EngrainError(f"{cfg.adapter} is a KV prefix: it starts with its own context; evaluate it closed book (without --open-book)")
-    metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size,
-                                       bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
-    record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
-    record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
-    if cfg.out:
-        record["path"] = str(write_record(record, cfg.out))
-    return record

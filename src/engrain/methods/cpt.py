@@ -1,4 +1,9 @@
-"""Continued pre-training: next-token loss on the documents (chunked to --chunk-tokens)."""
+"""Continued pre-training: next-token loss on the documents (chunked to --chunk-tokens).
+
+CPT and CFT (engrain.methods.cft) train on exactly the same target tokens: every token of a chunk when
+the tokenizer adds a BOS (the first is predicted from it; CFT puts its prompt between the two), every
+token but the first when it does not (nothing before it gives it logits in CPT, so CFT leaves it out too,
+although its prompt could predict it). A KV prefix gives no logits either: the same rule."""
 
 from __future__ import annotations
 
@@ -8,17 +13,24 @@ from engrain.methods.base import indexed, token_nll
 
 
 def document_item(run, text: str, prompt: str = "") -> dict:
-    """BOS, an optional prompt (and a blank line), then the text; the loss mask covers the text's tokens only."""
+    """BOS (where the tokenizer adds one and no KV prefix holds it), an optional prompt and a blank line, then
+    the text; the loss mask covers the text's tokens, less the first where no BOS precedes it (module docstring)."""
     tok = run.lm.tokenizer
     head = run.bos + (tok(prompt + "\n\n", add_special_tokens=False)["input_ids"] if prompt else [])
     body = tok(text, add_special_tokens=False)["input_ids"]
-    return {"input_ids": head + body, "loss_mask": [0] * len(head) + [1] * len(body)}
+    mask = [1] * len(body)
+    if not run.bos:  # CPT cannot predict the first token from nothing: CFT leaves it out too
+        mask[0] = 0
+    return {"input_ids": head + body, "loss_mask": [0] * len(head) + mask}
 
 
 def corpus_record(run, items: list[dict]) -> dict:
-    chunks = run.chunks
+    """The corpus and ``target_tokens``: exactly the tokens that carried loss in an epoch (token_nll's targets)."""
+    chunks, tok = run.chunks, run.lm.tokenizer
+    targets = sum(sum(it["loss_mask"][1:]) for it in items)  # position 0 is never a target
     return {"corpus": {"source": run.cfg.train_data, "documents": len({c.doc_id for c in chunks}), "chunks": len(chunks),
-                       "document_tokens": sum(sum(it["loss_mask"]) for it in items), "chunk_tokens": run.cfg.chunk_tokens}}
+                       "document_tokens": sum(len(tok(c.text, add_special_tokens=False)["input_ids"]) for c in chunks),
+                       "target_tokens": targets, "chunk_tokens": run.cfg.chunk_tokens}}
 
 
 class CPT:

@@ -1,0 +1,117 @@
+"""`engrain eval` on a document task, and what every documents record carries beside the model's own
+score, so that the number can be read without another record:
+
+- ``baselines``: chance, the corpus prior and the longest choice (engrain.documents.baselines: no model),
+  and the base model closed book and open book (each question's documents in the prompt), scored
+  exactly as the trained model is. Those two are computed once per model, precision, task and scoring
+  version, and cached under ``$ENGRAIN_CACHE/qa_references`` (a sweep pays for them once);
+- ``gap_recovery`` in the metrics of a trained model: ``(closed - base) / (open - base)``, overall and
+  per question type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Sequence
+
+import torch
+
+from engrain.documents.baselines import baselines, gap_recovery
+from engrain.documents.corpus import Question
+from engrain.documents.qa import HEADLINE, score_questions
+from engrain.errors import EngrainError
+
+# Bump when scoring changes what a cached reference would be.
+SCORING_VERSION = 2  # 2: joint tokenisation (lm-eval), three rules
+
+
+def _fingerprint(questions: Sequence[Question], documents: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for q in questions:
+        h.update(json.dumps([q.question, q.choices, q.answer, q.doc_ids, q.type]).encode())
+    for d in sorted({d for q in questions for d in q.doc_ids}):
+        h.update(documents[d].encode())
+    return h.hexdigest()
+
+
+def references(lm, model_name: str, task, questions: Sequence[Question], batch_size: int, model=None) -> dict:
+    """{"base": closed-book metrics, "open_book": metrics with each question's documents} of the base model
+    (``model``, default ``lm.model``, run in ``lm.dtype``), cached by model, precision, device type, questions
+    and scoring version."""
+    from engrain.cache import cached, model_fingerprint
+
+    def compute() -> dict:
+        out = {}
+        for name, docs in (("base", None), ("open_book", task.texts)):
+            metrics, measure = score_questions(lm, questions, docs, batch_size, model=model)
+            out[name] = {**metrics, "seconds": measure["seconds"]}
+        return out
+
+    return cached("qa_references", [SCORING_VERSION, model_fingerprint(model_name), str(lm.dtype), lm.device.type,
+                                    _fingerprint(questions, task.texts)], compute)
+
+
+def with_baselines(record: dict, task, questions: Sequence[Question], refs: dict | None, trained: bool) -> None:
+    """Add ``baselines`` (and, for a trained model, ``gap_recovery`` in its metrics) to a documents record."""
+    out = baselines(questions, task.corpus)
+    if refs is not None:
+        out.update(refs)
+        if trained:
+            record["metrics"][task.name]["gap_recovery"] = gap_recovery(record["metrics"][task.name], refs["base"], refs["open_book"])
+    out["scoring"] = HEADLINE
+    record["baselines"] = out
+
+
+def check_open_book(questions: Sequence[Question]) -> None:
+    bare = [q for q in questions if not q.doc_ids]
+    if bare:
+        raise EngrainError(f"--open-book puts each question's documents before it, and {len(bare)} of {len(questions)} questions "
+                           f"name none (first: {bare[0].id}); give them \"doc\" or \"docs\", or evaluate closed book")
+
+
+def evaluate_documents(cfg) -> dict:
+    """`engrain eval` on a document task: closed book (the base model, or a trained one with --adapter), or
+    open book (--open-book: each question's documents in the prompt)."""
+    from engrain.params import load_for_eval, read_adapter_meta
+    from engrain.results import base_record, eval_method, write_record
+    from engrain.tasks.documents import load_document_task
+
+    task = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir)  # files first: bad ones fail before the model loads
+    questions = task.questions[: cfg.limit] if cfg.limit else task.questions
+    if cfg.open_book:
+        check_open_book(questions)
+    meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
+    if meta.get("prefix_tokens") and cfg.open_book:
+        raise EngrainError(f"{cfg.adapter} is a KV prefix: it starts with its own context; evaluate it closed book (without --open-book)")
+    if meta:  # the record names the model actually evaluated
+        cfg = dataclasses.replace(cfg, model=meta["base_model"])
+    lm, _, meta = load_for_eval(cfg)
+    metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size,
+                                       bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
+    record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
+    record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
+    refs = None
+    if meta and all(q.doc_ids for q in questions):  # a trained model: against its base model, closed and open book
+        from engrain.models import load_model
+
+        base = load_model(cfg.model, cfg.precision, cfg.device)
+        refs = references(base, cfg.model, task, questions, cfg.batch_size)
+        del base
+    with_baselines(record, task, questions, refs, trained=bool(meta))
+    if cfg.out:
+        record["path"] = str(write_record(record, cfg.out))
+    return record
+
+
+@torch.no_grad()
+def base_references(run, questions: Sequence[Question]) -> dict | None:
+    """Training's references: the base model (before any parameter is attached) in the compute dtype, as
+    training's evaluations run the trained one; None when some question names no document."""
+    from engrain.models import inference_copy
+
+    if not all(q.doc_ids for q in questions):
+        return None
+    lm = dataclasses.replace(run.lm, dtype=run.compute)
+    return references(lm, run.cfg.model, run.qa, questions, run.cfg.batch_size, model=inference_copy(run.lm.model, run.compute))
