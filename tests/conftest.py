@@ -14,6 +14,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Cached results (engrain.cache: base-model references, forgetting probes) go to a folder of this session's,
+# never the user's cache; subprocesses (isolated sweep runs) inherit it.
+if "ENGRAIN_RESULTS_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["ENGRAIN_RESULTS_CACHE"] = tempfile.mkdtemp(prefix="engrain-test-cache-")
+
 
 def _data_dir() -> Path | None:
     """$ENGRAIN_DATA when set (never a silent fallback past a wrong one), else ../shared/data."""

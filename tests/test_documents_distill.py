@@ -26,7 +26,8 @@ def test_sampled_targets_are_the_model_distribution_at_each_generated_token(tiny
     tok, model = lm.tokenizer, lm.model
     texts = ["The cat sat on the mat. A dog ran in the park.", "Is this true?", "A dog ran in the park. The cat sat on the mat. Yes"]
     prompts = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
-    outs = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 1.0, torch.Generator().manual_seed(0))
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(prompts))]  # noqa: E731
+    outs = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 1.0, gens())
     for prompt, (ids, values, indices) in zip(prompts, outs):
         assert len(ids) == 12 and values.shape == indices.shape == (12, 5)
         with torch.no_grad():
@@ -34,8 +35,10 @@ def test_sampled_targets_are_the_model_distribution_at_each_generated_token(tiny
         ref_values, ref_ids = logp[len(prompt) - 1 : len(prompt) - 1 + len(ids)].topk(5, dim=-1)
         torch.testing.assert_close(values, ref_values, atol=1e-4, rtol=1e-4)
         assert torch.equal(indices, ref_ids)
-    again = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 1.0, torch.Generator().manual_seed(0))
+    again = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 1.0, gens())
     assert [o[0] for o in again] == [o[0] for o in outs]  # seeded
+    alone = [sample_with_topk(model, [p], 12, None, tok.pad_token_id, 5, 1.0, [g])[0] for p, g in zip(prompts, gens())]
+    assert [o[0] for o in alone] == [o[0] for o in outs]  # a prompt samples the same text whatever batch it is in
     greedy = sample_with_topk(model, prompts, 12, None, tok.pad_token_id, 5, 0.0)
     assert all(g[0] == g[2][:, 0].tolist() for g in greedy)  # temperature 0: each token is the top-1
 
@@ -49,6 +52,15 @@ def test_sampling_stops_each_row_at_its_eos(tiny):
     assert outs[0][0] == first[0][0][:3] and len(outs[0][1]) == 3  # the EOS is kept, nothing after it
     cut = first[1][0].index(eos) + 1 if eos in first[1][0] else 6
     assert outs[1][0] == first[1][0][:cut]
+
+
+def test_the_transfer_set_does_not_depend_on_the_batch_size(tiny_model_dir, data_dir, tmp_path, corpus):
+    """The scoring batch size differs between CPU (16) and GPU (64) defaults: the texts must not follow it."""
+    texts = []
+    for batch_size in (1, 5):
+        run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", gen_tokens=8, batch_size=batch_size))
+        texts.append(build_method("distill", run).transfer_texts(run.lm.tokenizer))
+    assert texts[0] == texts[1] and len(set(texts[0])) > 1
 
 
 def test_transfer_items_hold_the_seed_and_generated_text_never_the_chunk(tiny_model_dir, data_dir, tmp_path, corpus):

@@ -244,3 +244,20 @@ def test_forgetting_is_measured_before_and_after_training(tiny_model_dir, data_d
     assert f["after"]["heldout_perplexity"] == pytest.approx(after["heldout_perplexity"], rel=1e-4)
     assert f["after"]["heldout_perplexity"] != pytest.approx(f["before"]["heldout_perplexity"], rel=1e-3)  # LoRA at lr 3e-2 moved it
     assert 0 <= f["after"]["rte_icl16_accuracy"] <= 1 and f["before"]["heldout_tokens"] > 4000
+
+
+def test_a_batch_without_target_tokens_is_an_error_and_one_token_chunks_are_left_out(tiny_model_dir, data_dir, tmp_path):
+    from engrain.methods.base import token_nll
+
+    batch = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+             "loss_mask": torch.tensor([[1, 0, 0]])}
+    with pytest.raises(EngrainError, match="a training batch has no target tokens"):
+        token_nll(None, batch)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("Varo Quendel works at Tessaline Works.")
+    (tmp_path / "c" / "b.txt").write_text("a")  # one token, and this tokenizer adds no BOS: nothing to predict it from
+    run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, tmp_path / "c", "cpt", chunk_tokens=64))
+    assert len(run.chunks) == 2 and not run.bos
+    for method in ("cpt", "cft"):
+        items = build_method(method, run).items
+        assert len(items) == 1 and all(sum(it["loss_mask"][1:]) for it in items)

@@ -8,7 +8,7 @@ from engrain.job import MAIN, main_spec, run_main
 
 
 def small_spec(tiny_model_dir, data_dir, out):
-    spec = main_spec(out=str(out), model=str(tiny_model_dir))
+    spec = main_spec(out=str(out), model=str(tiny_model_dir), profile="full")
     spec["base"].update(precision="fp32", data_dir=str(data_dir), progress=False)
     for run in spec["runs"]:
         if run["method"] != "icl":
@@ -21,22 +21,31 @@ def small_spec(tiny_model_dir, data_dir, out):
 def test_the_main_job_compares_every_method_and_resumes(tiny_model_dir, data_dir, tmp_path):
     lines: list[str] = []
     result = run_main(small_spec(tiny_model_dir, data_dir, tmp_path / "main"), echo=lines.append, isolate=False)
-    assert lines[0] == "5 runs planned, 0 done, 5 to run"
+    assert lines[0] == "8 runs planned, 0 done, 8 to run"
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["base (closed book)", "open book (ICL)", "cpt-lora s0", "cft-lora s0", "distill-lora-n1-g6 s0"]
-    for name in ("cpt-lora s0", "cft-lora s0", "distill-lora-n1-g6 s0"):
+    trained = ["cpt-lora s0", "cpt-lora-shuffled s0", "cft-lora s0", "cft-lora-shuffled s0", "distill-lora-n1-g6 s0",
+               "distill-lora-n1-g6-shuffled s0"]
+    assert list(rows) == ["chance", "corpus prior", "base (closed book)", "open book (ICL)", *trained]
+    assert rows["chance"]["accuracy"] == rows["corpus prior"]["accuracy"] == 0.25  # facts v2: no prior beats chance
+    for name in trained:
         row = rows[name]
-        assert row["adapt s"] > 0 and row["vs open book"] > 0 and 0 <= row["RTE 16-shot"] <= 1 and row["held-out ppl"] > 1
-        assert {"verbatim", "paraphrase", "two-hop"} <= set(row)
+        assert row["adapt s"] > 0 and row["vs open book"] > 0
+        if "shuffled" in name:  # a control measures knowledge, not what training costs elsewhere
+            assert row["RTE 16-shot"] is None
+        else:
+            assert 0 <= row["RTE 16-shot"] <= 1 and row["held-out ppl"] > 1
+        assert {"verbatim", "paraphrase", "two-hop"} <= set(row) and "gap" in row  # gap recovery, per type too
+        assert {"gap verbatim", "gap paraphrase", "gap two-hop"} <= set(row)
     assert rows["distill-lora-n1-g6 s0"]["generating s"] > 0 and rows["cpt-lora s0"]["generating s"] == 0
     assert rows["open book (ICL)"]["vs open book"] is None and rows["open book (ICL)"]["RTE 16-shot"] is None
     assert rows["base (closed book)"]["RTE 16-shot"] is not None  # the base model's probes: every training run's "before"
     report = result["report"].read_text()
-    assert report.count("\n| ") == 6 and "accuracy_vs_time.png" in report  # header + 5 rows, and the plot
+    assert report.count("\n| ") == 11 and "accuracy_vs_time.png" in report  # header + 10 rows, and the plot
+    assert "shuffled-facts control" in report and "min of work" in report and "(lora)" in report
     assert result["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines.clear()
     again = run_main(small_spec(tiny_model_dir, data_dir, tmp_path / "main"), echo=lines.append)
-    assert lines == ["5 runs planned, 5 done, 0 to run"] and again["rows"] == result["rows"]
+    assert lines == ["8 runs planned, 8 done, 0 to run"] and again["rows"] == result["rows"]
 
 
 def test_the_default_job_is_the_facts_sweeps_seed_0():
@@ -44,9 +53,29 @@ def test_the_default_job_is_the_facts_sweeps_seed_0():
 
     sweep = yaml.safe_load(open("configs/facts_docs.yaml"))
     swept = [{k: v for k, v in r.items() if k != "seed"} for r in sweep["runs"]]
-    for run in MAIN["runs"]:
-        mine = {k: v for k, v in run.items() if k not in ("forgetting", "eval_sample")}
-        assert any(mine == {k: v for k, v in r.items() if k != "eval_sample"} for r in swept), run
+    for run in MAIN["runs"]:  # exactly, so that the job's records are the sweep's seed 0
+        assert run in swept, run
+
+
+def test_the_job_is_sized_to_the_machine(monkeypatch):
+    from engrain.job import auto_profile
+
+    full, compact = main_spec(profile="full"), main_spec(profile="compact")
+    assert [r["method"] for r in full["runs"]] == [r["method"] for r in compact["runs"]]  # the same comparison
+    assert compact["out"] != full["out"]  # its records never meet the full job's
+    assert sum(r.get("epochs", 0) for r in compact["runs"]) * 3 <= sum(r.get("epochs", 0) for r in full["runs"])
+    monkeypatch.setenv("ENGRAIN_CPU_BF16", "0")  # a CPU that would emulate bf16
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert auto_profile() == "compact" and main_spec()["out"] == compact["out"]
+
+
+def test_seed_and_a_seed_grid_are_refused(capsys, tmp_path):
+    from engrain.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: {task: facts}\ngrid: {seed: [0, 1]}\nruns: [{method: icl}]\n")
+    assert main(["run", "--config", str(grid), "--seed", "3", "--dry-run"]) == 2
+    assert "--seed 3 and the seed grid of" in capsys.readouterr().err
 
 
 def test_run_errors_are_one_line(capsys, tmp_path):
@@ -66,5 +95,8 @@ def test_dry_run_lists_the_default_runs(capsys, tmp_path):
 
     assert main(["run", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "5 runs planned, 0 done, 5 to run" in out and "train-facts-distill-lora-smollm2-135m-s0" in out
+    import re
+
+    assert "8 runs planned, 0 done, 8 to run" in out  # the profile this machine gets: n2 (full) or n1 (compact) texts per chunk
+    assert re.search(r"train-facts-distill-lora-n[12]-shuffled-smollm2-135m-s0", out)
     assert not list(tmp_path.iterdir())

@@ -255,6 +255,10 @@ def test_inference_copy(tiny_model_dir):
     assert fast.get_output_embeddings().weight.dtype is torch.float32
     assert lm.model.model.layers[0].self_attn.q_proj.weight.dtype is torch.float32  # the original is untouched
     assert inference_copy(lm.model, torch.float32) is lm.model
+    # the buffers keep their dtype, as from_pretrained(dtype=bf16) keeps them (the rotary frequencies: fp32)
+    loaded = load_model(str(tiny_model_dir), "bf16", "cpu").model
+    assert {n: b.dtype for n, b in fast.named_buffers()} == {n: b.dtype for n, b in loaded.named_buffers()}
+    assert fast.model.rotary_emb.inv_freq.dtype is torch.float32
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.corrcoef(torch.stack([fast(input_ids=ids).logits[0, -1], lm.model(input_ids=ids).logits[0, -1]]))[0, 1] > 0.99
 

@@ -1,5 +1,6 @@
-"""Results worth computing once: JSON files under ``$ENGRAIN_CACHE/<kind>/``, keyed by a hash of what
-they depend on (a model's files, precision, device type, data, code version), written atomically."""
+"""Results worth computing once: JSON files under ``$ENGRAIN_CACHE/<kind>/`` (or ``$ENGRAIN_RESULTS_CACHE/<kind>/``:
+the test suite keeps its own), keyed by a hash of what they depend on (a model's files, precision, device
+type, data, code version), written atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import json
 import os
 from pathlib import Path
 from typing import Callable
+
+
+def cache_dir() -> Path:
+    """Where engrain keeps dequantised models and the measured matmul peak (movable via ENGRAIN_CACHE)."""
+    return Path(os.environ.get("ENGRAIN_CACHE") or Path.home() / ".cache" / "engrain")
 
 
 def model_fingerprint(name: str) -> str:
@@ -21,10 +27,8 @@ def model_fingerprint(name: str) -> str:
 
 def cached(kind: str, key: list, compute: Callable[[], dict]) -> dict:
     """``compute()``'s result, from ``$ENGRAIN_CACHE/<kind>/<hash of key>.json`` when it is there."""
-    from engrain.models import cache_dir
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = cache_dir() / kind / f"{digest}.json"
+    path = Path(os.environ.get("ENGRAIN_RESULTS_CACHE") or cache_dir()) / kind / f"{digest}.json"
     if path.is_file():
         try:
             return json.loads(path.read_text())

@@ -67,7 +67,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from engrain.job import main_spec, print_rows, run_main
 
-    result = run_main(main_spec(args.out, args.model, args.seed, args.config), args.config or "engrain run", dry_run=args.dry_run)
+    result = run_main(main_spec(args.out, args.model, args.seed, args.config, args.profile), args.config or "engrain run",
+                      dry_run=args.dry_run)
     if result is not None:
         print_rows(result["rows"])
         print(f"report: {result['report']}\nplot: {result['plot']}")
@@ -208,7 +209,9 @@ def make_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
     r = sub.add_parser("run", help="the main job: learn the facts benchmark's documents into the model by cpt, cft and distill, "
                                    "against closed and open book; a table, report.md and a plot (resumes)")
-    r.add_argument("--out", help="output folder (default: runs/main)")
+    r.add_argument("--out", help="output folder (default: runs/main, or runs/main-compact)")
+    r.add_argument("--profile", default="auto", help="the default experiment's size: full (GPU or native bf16 CPU), compact (a "
+                                                     "third of the training, for CPUs that compute in fp32), or auto (by the machine)")
     r.add_argument("--model", help="model (default: smollm2-135m)")
     r.add_argument("--seed", type=int, help="training seed (default: 0)")
     r.add_argument("--config", help="an experiment file (the sweep YAML format) instead of the default experiment")

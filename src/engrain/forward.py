@@ -219,7 +219,7 @@ def continuation_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch
 
 @torch.no_grad()
 def sample_with_topk(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None,
-                     pad_id: int, topk: int, temperature: float = 1.0, generator: torch.Generator | None = None):
+                     pad_id: int, topk: int, temperature: float = 1.0, generators: Sequence[torch.Generator] | None = None):
     """Sample a continuation of each prompt (a batch, left-padded, decoded with the KV cache) and keep,
     at every generated position, the model's top-``topk`` next-token log-probabilities (full-vocabulary
     log-softmax at temperature 1, whatever ``temperature`` the sampling uses): the distribution each
@@ -227,6 +227,7 @@ def sample_with_topk(model: torch.nn.Module, prompts: Sequence[Sequence[int]], m
 
     Returns per prompt (generated ids, topk log-probs (n, K), topk ids (n, K)); a row stops after its
     EOS (kept: the teacher predicted it) or at ``max_new_tokens``. ``temperature`` 0 decodes greedily.
+    ``generators``: one per prompt, so that what a prompt samples does not depend on the batch it is in.
     """
     from transformers import DynamicCache
 
@@ -241,8 +242,9 @@ def sample_with_topk(model: torch.nn.Module, prompts: Sequence[Sequence[int]], m
         logp = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
         v, i = logp.topk(topk, dim=-1)
         if temperature > 0:
-            probs = (logp / temperature).softmax(-1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(dev)
+            probs = (logp / temperature).softmax(-1).cpu()
+            gens = generators or [None] * n
+            nxt = torch.stack([torch.multinomial(probs[b], 1, generator=gens[b])[0] for b in range(n)]).to(dev)
         else:
             nxt = logp.argmax(-1)
         nxt = nxt.masked_fill(done, pad_id)

@@ -193,7 +193,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, budget: float 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
     """The measured matmul peak for this machine, cached in $ENGRAIN_CACHE/matmul_peak.json for this boot."""
-    from engrain.models import cache_dir
+    from engrain.cache import cache_dir
 
     path = cache_dir() / "matmul_peak.json"
     key = _peak_key(device, dtype)
@@ -277,9 +277,19 @@ def git_revision() -> str | None:
         return None
 
 
-def host() -> dict:
-    from engrain.models import cpu_bf16_kind
+def cpu_bf16_kind() -> str:
+    """How this CPU multiplies bf16: "amx", "avx512_bf16" (both native, bf16 ~3-6x faster than fp32) or
+    "none" (emulated, ~60x slower than fp32). ENGRAIN_CPU_BF16=0 makes it "none" (auto then picks fp32)."""
+    if os.environ.get("ENGRAIN_CPU_BF16") == "0":
+        return "none"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "none"
+    return next((kind for kind in ("amx_bf16", "avx512_bf16") if kind in flags), "none").replace("amx_bf16", "amx")
 
+
+def host() -> dict:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"cpu": cpu_name(), "cpu_bf16": cpu_bf16_kind(), "threads": torch.get_num_threads(), "platform": platform.platform(),
             "gpus": gpus}  # every record and benchmark file says what the machine had

@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from engrain.cache import cache_dir
+from engrain.measure import cpu_bf16_kind
 from engrain.errors import EngrainError, unknown
 from engrain.names import PRECISIONS
 
@@ -43,11 +45,6 @@ def _quiet_known_deprecations() -> None:
 
 
 _quiet_known_deprecations()
-
-
-def cache_dir() -> Path:
-    """Where engrain keeps dequantised models and the measured matmul peak (movable via ENGRAIN_CACHE)."""
-    return Path(os.environ.get("ENGRAIN_CACHE") or Path.home() / ".cache" / "engrain")
 
 
 # ---------------------------------------------------------------------------- bundled models
@@ -88,18 +85,6 @@ ALIASES: dict[str, BundledModel] = {
 
 
 # ---------------------------------------------------------------------------- precision
-
-
-def cpu_bf16_kind() -> str:
-    """How this CPU multiplies bf16: "amx", "avx512_bf16" (both native, bf16 ~3-6x faster than fp32) or
-    "none" (emulated, ~60x slower than fp32). ENGRAIN_CPU_BF16=0 makes it "none" (auto then picks fp32)."""
-    if os.environ.get("ENGRAIN_CPU_BF16") == "0":
-        return "none"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "none"
-    return next((kind for kind in ("amx_bf16", "avx512_bf16") if kind in flags), "none").replace("amx_bf16", "amx")
 
 
 def cpu_has_bf16() -> bool:
@@ -299,14 +284,17 @@ def inference_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Modul
     model itself. Training's evaluations and ``engrain eval --adapter`` both go through here, so
     they compute the same numbers.
 
-    Each tensor is cast straight into the copy (deepcopy's memo gets the cast tensors), so the copy
-    never holds the fp32 weights a second time: the peak is the original plus its bf16 copy.
+    Each parameter is cast straight into the copy (deepcopy's memo gets the cast tensors), so the copy
+    never holds the fp32 weights a second time: the peak is the original plus its bf16 copy. Buffers
+    keep their dtype, as ``from_pretrained(dtype=bf16)`` keeps them: the rotary frequencies stay fp32
+    (cast to bf16 they would shift every position's angle, and the base model loaded in bf16 would not
+    score what the same model scores here).
     """
     if dtype == torch.float32:
         return model
     head = model.get_output_embeddings()
     memo: dict[int, torch.Tensor] = {}
-    for t in (*model.parameters(), *model.buffers()):
+    for t in model.parameters():
         if t.is_floating_point() and id(t) not in memo:
             cast = t.detach().to(dtype)
             memo[id(t)] = torch.nn.Parameter(cast, requires_grad=False) if isinstance(t, torch.nn.Parameter) else cast

@@ -194,8 +194,13 @@ def documents(rows: list[dict], task: str, out: Path) -> Path | None:
         key = f"metrics.{task}.accuracy" if col == "all" else f"metrics.{task}.by_type.{col}.accuracy"
         vals = [statistics.mean([r[key] for r in g if key in r] or [0.0]) for _, g in groups]
         ax.bar(np.arange(len(groups)) + j * width, vals, width, label=col)
+    for key, name, style in (("baselines.chance.accuracy", "chance", ":"), ("baselines.corpus_prior.accuracy", "corpus prior (no model)", "--")):
+        vals = [r[key] for r in rs if key in r]
+        if vals:
+            ax.axhline(vals[0], ls=style, color="gray", lw=1, label=name)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [v for (v,), _ in groups], fontsize=7, rotation=20)
-    ax.set(ylabel="accuracy (mean over seeds)", title=f"{task}: closed book per method and question type, against open book")
+    ax.set(ylabel="accuracy (mean over seeds)",
+           title=f"{task}: closed book per method and question type (-shuffled: its control), against open book")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, out / f"documents_{task}.png")

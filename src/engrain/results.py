@@ -33,12 +33,10 @@ def variant(kind: str, method: str, config: dict) -> str:
         name += f"-p{config['prefix_tokens']}"
     if method == "cft" and (config.get("cft_prompts_file") or config.get("cft_prompts", "contextual") != "contextual"):
         name += "-own-prompts" if config.get("cft_prompts_file") else f"-{config['cft_prompts']}"  # the paper's ablations
-    if config.get("shuffled_facts"):  # the shuffled-facts control
-        name += "-shuffled"
     if method == "distill":  # an option missing from an older record counts as its default
         options = DOC_DISTILL_OPTIONS if trains_on_documents(method, config["task"], config.get("train_data")) else DISTILL_OPTIONS
         name += "".join(f"-{tag}{config.get(f, default)}" for f, default, tag in options if config.get(f, default) != default)
-    return name
+    return name + ("-shuffled" if config.get("shuffled_facts") else "")  # the shuffled-facts control: the method's name, then this
 
 
 def eval_method(cfg) -> str:

@@ -71,6 +71,19 @@ def check_open_book(questions: Sequence[Question]) -> None:
                            f"name none (first: {bare[0].id}); give them \"doc\" or \"docs\", or evaluate closed book")
 
 
+def base_model(cfg):
+    """The base model as training scores it: fp32 weights copied to the compute dtype (engrain.models.inference_copy,
+    output layer from the fp32 weights), so that its closed- and open-book scores are the numbers gap recovery
+    compares a trained model with (loaded in bf16 instead, near-ties among the choices can fall the other way)."""
+    from engrain.models import default_batch_size, inference_copy, load_model, resolve_dtype
+
+    lm = load_model(cfg.model, "fp32", cfg.device)
+    lm.dtype = resolve_dtype(cfg.precision, lm.device)
+    lm.model = inference_copy(lm.model, lm.dtype)
+    cfg.batch_size = cfg.batch_size or default_batch_size(lm.device)
+    return lm
+
+
 def evaluate_documents(cfg) -> dict:
     """`engrain eval` on a document task: closed book (the base model, or a trained one with --adapter), or
     open book (--open-book: each question's documents in the prompt)."""
@@ -87,16 +100,16 @@ def evaluate_documents(cfg) -> dict:
         raise EngrainError(f"{cfg.adapter} is a KV prefix: it starts with its own context; evaluate it closed book (without --open-book)")
     if meta:  # the record names the model actually evaluated
         cfg = dataclasses.replace(cfg, model=meta["base_model"])
-    lm, _, meta = load_for_eval(cfg)
+        lm, _, meta = load_for_eval(cfg)
+    else:
+        lm = base_model(cfg)
     metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size,
                                        bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
     record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
     record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
     refs = None
     if meta and all(q.doc_ids for q in questions):  # a trained model: against its base model, closed and open book
-        from engrain.models import load_model
-
-        base = load_model(cfg.model, cfg.precision, cfg.device)
+        base = base_model(cfg)
         refs = references(base, cfg.model, task, questions, cfg.batch_size)
         del base
     with_baselines(record, task, questions, refs, trained=bool(meta))

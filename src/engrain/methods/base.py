@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from engrain.errors import EngrainError
 from engrain.forward import last_token_outputs, pad, positions
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     """Mean next-token cross-entropy over the tokens whose ``loss_mask`` is 1 (a token is predicted from
     the ones before it, so the first token of a sequence is never a target)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1].float()  # (B, T-1, V)
     target = batch["loss_mask"][:, 1:].bool() & mask[:, 1:].bool()  # (B, T-1)
+    if not bool(target.any()):  # the mean over nothing is NaN: a bug upstream, not a loss
+        raise EngrainError("a training batch has no target tokens (its loss mask is 0 everywhere after the first token)")
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1].float()  # (B, T-1, V)
     return F.cross_entropy(logits[target], ids[:, 1:][target])

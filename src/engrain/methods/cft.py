@@ -11,7 +11,7 @@ import torch
 
 from engrain.documents.prompts import draw, prompt_pool
 from engrain.methods.base import indexed, token_nll
-from engrain.methods.cpt import corpus_record, document_item
+from engrain.methods.cpt import corpus_record, document_item, trainable_chunks
 
 
 class EpochItems(Sequence):
@@ -36,7 +36,7 @@ class CFT:
 
     @classmethod
     def build(cls, run) -> "CFT":
-        cfg, chunks = run.cfg, run.chunks
+        cfg, chunks = run.cfg, trainable_chunks(run)
         pool = prompt_pool(cfg.cft_prompts, cfg.cft_prompts_file)
         prompts = [draw(pool, len(chunks), cfg.seed, epoch) for epoch in range(1, cfg.epochs + 1)]
         by_epoch = [[document_item(run, c.text, p) for c, p in zip(chunks, ps)] for ps in prompts]

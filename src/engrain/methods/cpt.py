@@ -24,6 +24,12 @@ def document_item(run, text: str, prompt: str = "") -> dict:
     return {"input_ids": head + body, "loss_mask": [0] * len(head) + mask}
 
 
+def trainable_chunks(run) -> list:
+    """The chunks with at least one target token (a one-token chunk without BOS has none: left out of CPT and CFT)."""
+    least = 1 if run.bos else 2
+    return [c for c in run.chunks if len(run.lm.tokenizer(c.text, add_special_tokens=False)["input_ids"]) >= least]
+
+
 def corpus_record(run, items: list[dict]) -> dict:
     """The corpus and ``target_tokens``: exactly the tokens that carried loss in an epoch (token_nll's targets)."""
     chunks, tok = run.chunks, run.lm.tokenizer
@@ -42,7 +48,7 @@ class CPT:
 
     @classmethod
     def build(cls, run) -> "CPT":
-        method = cls([document_item(run, c.text) for c in run.chunks])
+        method = cls([document_item(run, c.text) for c in trainable_chunks(run)])
         method.record = corpus_record(run, method.items)
         return method
 

@@ -47,15 +47,16 @@ def topk_kl(teacher_logp: torch.Tensor, teacher_ids: torch.Tensor, student_logit
 
 
 def generate(run, prompts: list[list[int]]) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(generated ids, top-k log-probs, top-k ids) per prompt, sampled in batches of similar length (little padding)."""
+    """(generated ids, top-k log-probs, top-k ids) per prompt, sampled in batches of similar length (little padding).
+    Each prompt draws from its own generator, seeded by (seed, prompt): the texts do not depend on the batch size."""
     cfg, tok = run.cfg, run.lm.tokenizer
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in range(len(prompts))]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list = [None] * len(prompts)
     for b in range(0, len(order), cfg.batch_size):
         idx = order[b : b + cfg.batch_size]
         batch = sample_with_topk(run.lm.model, [prompts[i] for i in idx], cfg.gen_tokens, tok.eos_token_id, tok.pad_token_id,
-                                 cfg.topk, cfg.gen_temperature, generator)
+                                 cfg.topk, cfg.gen_temperature, [generators[i] for i in idx])
         for i, o in zip(idx, batch):
             out[i] = o
     return out
