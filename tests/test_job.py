@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from engrain.job import MAIN, main_spec, run_main
 
 
@@ -64,9 +62,10 @@ def test_the_job_is_sized_to_the_machine(monkeypatch):
     assert [r["method"] for r in full["runs"]] == [r["method"] for r in compact["runs"]]  # the same comparison
     assert compact["out"] != full["out"]  # its records never meet the full job's
     assert sum(r.get("epochs", 0) for r in compact["runs"]) * 3 <= sum(r.get("epochs", 0) for r in full["runs"])
-    monkeypatch.setenv("ENGRAIN_CPU_BF16", "0")  # a CPU that would emulate bf16
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # a CPU, with native bf16 or not
     assert auto_profile() == "compact" and main_spec()["out"] == compact["out"]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert auto_profile() == "full" and main_spec()["out"] == full["out"]
 
 
 def test_seed_and_a_seed_grid_are_refused(capsys, tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engrain.documents import facts
+from engrain.documents import Document, facts
 from engrain.documents import Question
 from engrain.forward import continuation_logprobs
 from engrain.models import load_model
@@ -95,3 +95,25 @@ def test_metrics_by_each_rule():
     assert m["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     assert m["by_type"]["two-hop"]["accuracy_token"] == 1.0 and m["by_type"]["two-hop"]["n"] == 1
     assert m["longest_is_answer"] == 0.5 and m["longest_picked"] == {"sum": 0.0, "token": 0.5, "char": 1.0}
+
+
+def test_references_are_computed_once_per_model_and_recomputed_when_its_files_change(tiny_model_dir, tmp_path, monkeypatch, world):
+    import shutil
+
+    from engrain.documents import evaluate
+    from engrain.tasks.documents import DocumentTask
+
+    monkeypatch.setenv("ENGRAIN_RESULTS_CACHE", str(tmp_path / "cache"))
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    docs, questions = world
+    task = DocumentTask("t", [Document(k, v) for k, v in docs.items()], questions[:4])
+    calls = []
+    real = evaluate.score_questions
+    monkeypatch.setattr(evaluate, "score_questions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lm = load_model(str(folder), "fp32", "cpu")
+    first = evaluate.references(lm, task, task.questions, 4)
+    assert evaluate.references(lm, task, task.questions, 4) == first and len(calls) == 2  # base and open book, once
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")  # the model's files changed
+    evaluate.references(lm, task, task.questions, 4)
+    assert len(calls) == 4
+    assert first["base"]["accuracy"] == qa_metrics(task.questions, choice_scores(lm.model, lm.tokenizer, task.questions))["accuracy"]

@@ -210,8 +210,9 @@ def make_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: learn the facts benchmark's documents into the model by cpt, cft and distill, "
                                    "against closed and open book; a table, report.md and a plot (resumes)")
     r.add_argument("--out", help="output folder (default: runs/main, or runs/main-compact)")
-    r.add_argument("--profile", default="auto", help="the default experiment's size: full (GPU or native bf16 CPU), compact (a "
-                                                     "third of the training, for CPUs that compute in fp32), or auto (by the machine)")
+    r.add_argument("--profile", default="auto", help="the default experiment's size: full (seed 0 of configs/facts_docs.yaml; "
+                                                     "the default on a GPU), compact (a third of the training, no forgetting probes: "
+                                                     "the default on a CPU), or auto")
     r.add_argument("--model", help="model (default: smollm2-135m)")
     r.add_argument("--seed", type=int, help="training seed (default: 0)")
     r.add_argument("--config", help="an experiment file (the sweep YAML format) instead of the default experiment")

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -406,14 +405,14 @@ def forgetting_before(run: Run) -> dict:
     from engrain.tasks.loaders import default_data_dir
 
     fresh = []
-    key = [forgetting.VERSION, model_fingerprint(run.cfg.model), str(run.compute), run.lm.device.type, run.cfg.batch_size,
+    key = [forgetting.VERSION, model_fingerprint(run.lm.source), str(run.compute), run.lm.device.type, run.cfg.batch_size,
            str(run.cfg.data_dir or default_data_dir())]
     out = cached("forgetting", key, lambda: fresh.append(1) or forgetting_point(run, run.lm.model))
     return {**out, "cached": not fresh}
 
 
 def forgetting_point(run: Run, model: torch.nn.Module) -> dict:
-    """RTE 16-shot ICL and held-out perplexity (engrain.forgetting) with an inference copy of ``model``."""
+    """RTE 16-shot ICL and held-out perplexity (engrain.documents.forgetting) with an inference copy of ``model``."""
     from engrain.documents import forgetting
 
     was_training = model.training

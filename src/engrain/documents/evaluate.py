@@ -24,7 +24,7 @@ from engrain.documents.qa import HEADLINE, score_questions
 from engrain.errors import EngrainError
 
 # Bump when scoring changes what a cached reference would be.
-SCORING_VERSION = 2  # 2: joint tokenisation (lm-eval), three rules
+SCORING_VERSION = 3  # 2: joint tokenisation (lm-eval), three rules; 3: inference copies keep fp32 rotary frequencies
 
 
 def _fingerprint(questions: Sequence[Question], documents: dict[str, str]) -> str:
@@ -36,10 +36,10 @@ def _fingerprint(questions: Sequence[Question], documents: dict[str, str]) -> st
     return h.hexdigest()
 
 
-def references(lm, model_name: str, task, questions: Sequence[Question], batch_size: int, model=None) -> dict:
+def references(lm, task, questions: Sequence[Question], batch_size: int, model=None) -> dict:
     """{"base": closed-book metrics, "open_book": metrics with each question's documents} of the base model
-    (``model``, default ``lm.model``, run in ``lm.dtype``), cached by model, precision, device type, questions
-    and scoring version."""
+    (``model``, default ``lm.model``, run in ``lm.dtype``), cached by the model's files, precision, device type,
+    questions and scoring version."""
     from engrain.cache import cached, model_fingerprint
 
     def compute() -> dict:
@@ -49,7 +49,7 @@ def references(lm, model_name: str, task, questions: Sequence[Question], batch_s
             out[name] = {**metrics, "seconds": measure["seconds"]}
         return out
 
-    return cached("qa_references", [SCORING_VERSION, model_fingerprint(model_name), str(lm.dtype), lm.device.type,
+    return cached("qa_references", [SCORING_VERSION, model_fingerprint(lm.source), str(lm.dtype), lm.device.type,
                                     _fingerprint(questions, task.texts)], compute)
 
 
@@ -110,7 +110,7 @@ def evaluate_documents(cfg) -> dict:
     refs = None
     if meta and all(q.doc_ids for q in questions):  # a trained model: against its base model, closed and open book
         base = base_model(cfg)
-        refs = references(base, cfg.model, task, questions, cfg.batch_size)
+        refs = references(base, task, questions, cfg.batch_size)
         del base
     with_baselines(record, task, questions, refs, trained=bool(meta))
     if cfg.out:
@@ -127,4 +127,4 @@ def base_references(run, questions: Sequence[Question]) -> dict | None:
     if not all(q.doc_ids for q in questions):
         return None
     lm = dataclasses.replace(run.lm, dtype=run.compute)
-    return references(lm, run.cfg.model, run.qa, questions, run.cfg.batch_size, model=inference_copy(run.lm.model, run.compute))
+    return references(lm, run.qa, questions, run.cfg.batch_size, model=inference_copy(run.lm.model, run.compute))

@@ -19,7 +19,7 @@ from engrain.forward import pad, positions
 from engrain.measure import Meter
 from engrain.tasks import get_task, load_split
 
-VERSION = 1  # bump when the probes change (cached results of the base model are keyed by it)
+VERSION = 2  # bump when the probes change (2: inference copies keep fp32 rotary frequencies) (cached results of the base model are keyed by it)
 ICL_TASK, ICL_SHOTS, ICL_SEED = "rte", 16, 0
 HELDOUT_TASK, HELDOUT_FIELD, HELDOUT_TOKENS, WINDOW = "mnli", "premise", 4096, 512
 
