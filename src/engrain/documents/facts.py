@@ -41,17 +41,11 @@ from pathlib import Path
 
 from engrain.documents.corpus import Document
 
+# v1's vocabulary and question templates (the same words and questions; what changed is how they are drawn)
+from engrain.documents.facts_v1 import _CODAS, _ONSETS, _VOWELS, ASK, INDUSTRIES, KINDS, PROFESSIONS, REGIONS, TWO_HOP
+
 VERSION = 2
 SIZES = {"people": 32, "organisations": 16, "cities": 8, "products": 16}
-
-_ONSETS = "b br c d dr f g gr h k l m n p qu r s st t th v w z".split()
-_VOWELS = "a e i o u ae ei io ou".split()
-_CODAS = "l n r s th x nd rn st".split() + [""] * 4
-
-PROFESSIONS = ["glassblower", "cartographer", "beekeeper", "clockmaker", "translator", "surveyor", "luthier", "archivist"]
-INDUSTRIES = ["shipbuilding", "textiles", "ceramics", "optics", "printing", "brewing", "rope making", "lamp making"]
-KINDS = ["lantern", "bicycle", "compass", "kettle", "typewriter", "telescope", "loom", "barometer"]
-REGIONS = ["the northern marshes", "the eastern hills", "the salt coast", "the river valley", "the high plateau", "the lake district"]
 ORG_SUFFIXES = ["Works", "Company", "Guild", "Foundry", "Cooperative"]
 PRODUCT_SUFFIXES = ["One", "II", "Prime", "Deluxe", "Mark 3"]
 
@@ -208,23 +202,6 @@ def documents(world: list[Entity], seed: int) -> tuple[list[Document], dict[str,
 
 
 # ---------------------------------------------------------------------------- questions
-
-# (kind, attribute) -> the paraphrased question (the verbatim one is cut from the document)
-ASK = {
-    ("person", "employer"): "Which organisation employs {name}?",
-    ("person", "hometown"): "What is the home town of {name}?",
-    ("person", "profession"): "What does {name} do for a living?",
-    ("organisation", "city"): "Where does {name} have its headquarters?",
-    ("organisation", "industry"): "What line of business is {name} in?",
-    ("product", "maker"): "Which organisation produces {name}?",
-}
-# two-hop: (kind, first attribute, attribute of the organisation it names, question)
-TWO_HOP = [
-    ("person", "employer", "city", "In which town is the employer of {name} based?"),
-    ("person", "employer", "industry", "What is the trade of the organisation {name} works for?"),
-    ("product", "maker", "city", "In which town is the maker of {name} based?"),
-]
-
 
 def split_entities(world: list[Entity], seed: int) -> dict[str, str]:
     """name -> "train" or "test": half of each kind's entities (the extra one of an odd count to test)."""
