@@ -213,3 +213,46 @@ def test_a_corpus_longer_than_the_window_needs_prefix_tokens(tiny_model_dir, dat
                                         train_data=str(tmp_path / "big"), ood=False, limit=2, precision="fp32", out="", progress=False,
                                         data_dir=str(data_dir), chunk_tokens=512))
     assert rec["trainable_parameters"]["trainable"] > 0 and rec["corpus"]["document_tokens"] > window
+
+
+def test_clozes_cut_each_sentence_before_what_it_states():
+    from engrain.methods.distill_docs import clozes
+
+    text = "Varo Quendel works at Tessaline Works. Founded in 1831, Tessaline Works is based in Dreust."
+    assert clozes(text) == [("Varo Quendel works at", " Tessaline Works."),
+                            ("Founded in", " 1831, Tessaline Works is based in Dreust."),
+                            ("Founded in 1831,", " Tessaline Works is based in Dreust."),
+                            ("Founded in 1831, Tessaline Works is based in", " Dreust.")]
+
+
+def test_cloze_targets_are_the_teacher_with_the_chunk_at_the_answer_tokens(tiny_model_dir, data_dir, tmp_path, corpus):
+    """Each cloze item: the student reads cloze + answer and learns the answer's tokens; the targets are the
+    teacher's top-k there with the chunk before the cloze, as an unpadded single pass computes them; the
+    loss is 0 where the student is given its own distribution."""
+    from engrain.documents.qa import encode_pair
+    from engrain.methods.distill_docs import SEPARATOR, clozes
+
+    run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", doc_transfer="clozes", topk=5, batch_size=3,
+                              chunk_tokens=64))
+    method = build_method("distill", run)
+    tok, model = run.lm.tokenizer, run.lm.model
+    expected = [(c, p, r) for c in run.chunks for p, r in clozes(c.text)]
+    assert len(method.items) == len(expected) == 3 and method.record["teacher"]["clozes"] == len(expected)
+    encode = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    with torch.no_grad():
+        for item, (values, ids), (chunk, prompt, rest) in zip(method.items, method.targets, expected):
+            ctx, cont = encode_pair(tok, prompt, rest)
+            assert item["input_ids"] == run.bos + ctx + cont and sum(item["loss_mask"]) == len(cont) == len(ids)
+            row = run.bos_ids + encode(chunk.text) + encode(SEPARATOR) + ctx + cont
+            logp = model(input_ids=torch.tensor([row])).logits[0, -len(cont) - 1 : -1].float().log_softmax(-1)
+            want_v, want_i = logp.topk(5, dim=-1)
+            torch.testing.assert_close(values, want_v, atol=1e-4, rtol=1e-4)
+        items = list(method.items)[:4]
+        batch = collate(items, tok.pad_token_id, "left")
+        assert method.loss(model, batch).item() > 1e-3  # the student has no chunk
+        for it in items:
+            logp = model(input_ids=torch.tensor([it["input_ids"]])).logits[0, :-1].log_softmax(-1)
+            method.targets[it["index"]] = logp[torch.tensor(it["loss_mask"][1:]).bool()].topk(5, dim=-1)
+        assert abs(method.loss(model, batch).item()) < 1e-5
+    rec, _, _ = train_model(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", doc_transfer="clozes", epochs=1))
+    assert "-distill-lora-clozes-" in rec["name"] and rec["teacher"]["target_tokens"] > 0

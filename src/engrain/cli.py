@@ -150,6 +150,40 @@ def cmd_facts(args: argparse.Namespace) -> None:
     print(f"evaluate: engrain eval --task qa --corpus {paths['corpus']} --questions {paths['questions']}")
 
 
+def cmd_augment(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from engrain.documents import augment as aug
+    from engrain.documents import load_corpus
+    from engrain.tasks.documents import load_document_task
+
+    kinds = aug.parse(args.kinds)
+    if not kinds:
+        raise EngrainError(f"--kinds: give at least one of {', '.join(aug.KINDS)} (KIND or KIND:N, comma-separated)")
+    if args.gen_tokens < 1:
+        raise EngrainError(f"--gen-tokens must be an integer >= 1, got {args.gen_tokens}")
+    task = args.corpus.split(":")[0] in ("facts", "facts-v1", "pubmedqa")
+    docs = load_document_task(args.corpus, data_dir=args.data_dir).corpus if task else load_corpus(args.corpus)
+    target = Path(args.out) / "corpus.jsonl"
+    if not task and target.exists() and target.resolve() == Path(args.corpus).resolve():
+        raise EngrainError(f"--out {args.out} would overwrite the corpus being augmented ({args.corpus}): choose another folder")
+    generator = generator_id = None
+    if aug.needs_generator(kinds):
+        generator, generator_id = aug.lazy_generator(args.generator, args.precision, args.device)
+    out, manifest = aug.augment(docs, args.kinds, args.seed, generator, generator_id, args.gen_tokens, args.temperature,
+                                args.batch_size)
+    manifest = {"corpus": args.corpus, **manifest}
+    paths = aug.write(args.out, out, manifest)
+    made = ", ".join(f"{k} {v['texts']} (dropped {v['dropped']})" for k, v in manifest["kinds_made"].items())
+    speed = manifest.get("generator", {}).get("generated_tokens_per_s")
+    print(f"{paths['corpus']}: {len(docs)} documents and {manifest['new_texts']} new texts ({made}); "
+          f"{manifest['source_words']} -> {manifest['source_words'] + manifest['new_words']} words; "
+          f"{manifest['seconds']:.1f} s{'' if speed is None else f', {speed:.0f} generated tokens/s'}"
+          f"{' (from the cache)' if manifest['cache_hit'] else ''}; {paths['manifest']}")
+    print(f"train on it: engrain train --method cpt --task qa --corpus {args.corpus} --questions QUESTIONS "
+          f"--train-data {paths['corpus']}   (or --augment {args.kinds} on train)")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from rich.table import Table
 
@@ -239,6 +273,24 @@ def make_parser() -> argparse.ArgumentParser:
     for key, default in SIZES.items():
         f.add_argument(f"--{key}", type=int, help=f"how many {key} (default: {default}; multiples of 4 keep every block whole)")
     f.set_defaults(func=cmd_facts)
+    a = sub.add_parser("augment", help="write an augmented copy of a corpus (sentence orders, linked documents, generated "
+                                       "paraphrases / questions / implications / entity texts), cached")
+    a.add_argument("corpus", help="a folder of .txt/.md files, a .txt/.md file, a .jsonl of {id, text}, or a document task "
+                                  "(facts[:SEED], pubmedqa): its training corpus")
+    a.add_argument("--out", required=True, help="folder to write corpus.jsonl (originals first, then the new texts) and manifest.json")
+    a.add_argument("--kinds", required=True, help="KIND[:N],... of: permute (sentence orders), rewindow (other chunk boundaries), "
+                                                 "link (documents sharing a name, in one text): model-free; paraphrase, qa, "
+                                                 "implications, entities (EntiGraph-style texts relating two names): generated")
+    a.add_argument("--generator", default="smollm2-135m", help="the model that writes the generated kinds (hub id, folder, .gguf "
+                                                               "or alias; default smollm2-135m)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--gen-tokens", type=int, default=96, help="tokens generated per text")
+    a.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
+    a.add_argument("--batch-size", type=int, default=8, help="texts generated at once")
+    a.add_argument("--precision", default="auto", help="the generator's precision: auto, bf16, fp32")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--data-dir", help="task data folder (for pubmedqa; default: $ENGRAIN_DATA)")
+    a.set_defaults(func=cmd_augment)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
     return p

@@ -236,6 +236,8 @@ class TrainConfig(EvalConfig):
     alpha: float = opt(0.0, "distill: weight of cross-entropy on the gold labels (0: pure distillation; 1: PBFT on the transfer set)")
     samples_per_chunk: int = opt(4, "distill on documents: texts the teacher generates per chunk (one per seed prompt: questions, a "
                                  "continuation, a summary, key facts, ...)")
+    doc_transfer: str = opt("texts", "distill on documents: the transfer set: texts (the teacher's own generated texts about each chunk) "
+                                     "or clozes (each sentence cut before each name or number it states: question-shaped, model-free)")
     gen_tokens: int = opt(96, "distill on documents: tokens generated per text")
     gen_temperature: float = opt(0.7, "distill on documents: sampling temperature of the generated texts (0: greedy)")
     chunk_tokens: int = opt(256, "cpt/cft/distill on documents: documents longer than this are split on paragraph / sentence boundaries")
@@ -245,6 +247,13 @@ class TrainConfig(EvalConfig):
                                      "loss, learning rate, per-epoch and final accuracies; logs under OUT/trackers")
     shuffled_facts: bool = opt(False, "facts: train on the shuffled-facts control corpus (each attribute's values permuted across "
                                       "entities: the same words and value counts, wrong facts), scored on the real questions")
+    augment: str | None = opt(None, "documents: augment the training corpus first, KIND[:N],... : permute, rewindow, link (model-free), "
+                                    "paraphrase, qa, implications, entities (generated); see engrain augment --help")
+    generator: str | None = opt(None, "--augment's generated kinds: the model that writes them (default: --model; any hub id, folder, "
+                                      ".gguf or alias)")
+    augment_tokens: int = opt(96, "--augment: tokens generated per text")
+    qa_train: str | None = opt(None, "documents: also train on answered questions about other documents (access-pattern training): a "
+                                     "questions JSONL, or 'train' for the task's own train half (facts v2); never the scored questions")
     forgetting: bool = opt(False, "also measure, before and after training, RTE 16-shot ICL accuracy and perplexity on held-out "
                                   "text (MNLI premises): what training cost elsewhere")
 
@@ -272,6 +281,8 @@ class TrainConfig(EvalConfig):
         super().validate()
         if self.on_documents:
             self._validate_documents()
+        elif given := [f"--{k.replace('_', '-')}" for k in ("augment", "generator", "qa_train") if getattr(self, k) is not None]:
+            raise EngrainError(f"{given[0]} applies to training on documents (cpt, cft, distill on a document task or corpus)")
         elif is_document_task(self.task):
             raise EngrainError(f"--task {self.task} is a document task: train on it with --method cpt, cft or distill")
         elif self.train_data is not None:
@@ -324,11 +335,22 @@ class TrainConfig(EvalConfig):
         if self.train_data is not None and self.train_data.split(":")[0] not in ("facts", "facts-v1") and not Path(self.train_data).exists():
             raise EngrainError(f"corpus not found: {self.train_data} (expected a folder of .txt/.md files, a .jsonl file, or facts)")
         _at_least("chunk_tokens", self.chunk_tokens, 8)
+        from engrain.documents.augment import parse
+
+        parse(self.augment)  # a one-line error for a bad kind, before the model loads
+        _at_least("augment_tokens", self.augment_tokens, 1)
+        if self.generator is not None and not parse(self.augment):
+            raise EngrainError("--generator writes --augment's generated texts: give --augment too")
+        if self.qa_train is not None and self.qa_train != "train" and not Path(self.qa_train).is_file():
+            raise EngrainError(f"--qa-train: questions file not found: {self.qa_train} (a JSONL of questions, or 'train' for the "
+                               "task's train half)")
         if self.method == "distill":
             _at_least("samples_per_chunk", self.samples_per_chunk, 1)
             _at_least("gen_tokens", self.gen_tokens, 1)
             if self.gen_temperature < 0:
                 raise EngrainError(f"--gen-temperature must be >= 0, got {self.gen_temperature!r}")
+            if self.doc_transfer not in ("texts", "clozes"):
+                raise EngrainError(f"--doc-transfer must be texts or clozes, got {self.doc_transfer!r}")
             if self.alpha:
                 raise EngrainError("--alpha weighs gold labels; documents have none (distill on documents is pure distillation)")
         if self.cft_prompts not in CFT_PROMPTS:

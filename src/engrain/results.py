@@ -21,7 +21,7 @@ def model_slug(name: str) -> str:
 # The options a distillation comparison varies: (field, default, tag in the name) when not default.
 DISTILL_OPTIONS = [("transfer", "pool", "t-"), ("distill_loss", "verbalizer", ""), ("kl", "forward", ""), ("temperature", 1.0, "T"), ("alpha", 0.0, "a")]
 # ... and distillation of documents (its transfer set is generated).
-DOC_DISTILL_OPTIONS = [("samples_per_chunk", 4, "n"), ("gen_tokens", 96, "g"), ("gen_temperature", 0.7, "gt"), ("topk", 32, "top")]
+DOC_DISTILL_OPTIONS = [("doc_transfer", "texts", ""), ("samples_per_chunk", 4, "n"), ("gen_tokens", 96, "g"), ("gen_temperature", 0.7, "gt"), ("topk", 32, "top")]
 
 
 def variant(kind: str, method: str, config: dict) -> str:
@@ -36,6 +36,12 @@ def variant(kind: str, method: str, config: dict) -> str:
     if method == "distill":  # an option missing from an older record counts as its default
         options = DOC_DISTILL_OPTIONS if trains_on_documents(method, config["task"], config.get("train_data")) else DISTILL_OPTIONS
         name += "".join(f"-{tag}{config.get(f, default)}" for f, default, tag in options if config.get(f, default) != default)
+    if config.get("augment"):
+        from engrain.documents.augment import parse, slug
+
+        name += f"-aug-{slug(parse(config['augment']))}" + (f"-by-{model_slug(config['generator'])}" if config.get("generator") else "")
+    if config.get("qa_train"):
+        name += "-qa" if config["qa_train"] == "train" else f"-qa-{model_slug(Path(config['qa_train']).stem)}"
     return name + ("-shuffled" if config.get("shuffled_facts") else "")  # the shuffled-facts control: the method's name, then this
 
 

@@ -57,6 +57,8 @@ class Run:
     eval_prompter: Prompter | None  # evaluation prompts (spec's format)
     corpus: list | None = None  # documents to train on (cpt, cft, distill on documents), else None
     qa: object | None = None  # a document task (tasks.documents.DocumentTask): evaluated by its questions, closed book
+    augment: dict | None = None  # the augmentation's manifest (--augment): the corpus above is the augmented one
+    qa_train: list | None = None  # answered questions about other documents, trained on with the corpus (--qa-train)
 
     @property
     def as_icl(self) -> bool:
@@ -203,6 +205,14 @@ def prepare(cfg: TrainConfig) -> Run:
         raise EngrainError(f"--params prefix starts as the whole corpus in context: {len(run.context_ids)} tokens, more than the "
                            f"model's window of {lm.max_length}; give --prefix-tokens N (its first N tokens)")
     run.check_fits(run.virtual_tokens + len(run.bos), [q for qs in run.eval_queries(sets).values() for q in qs])
+    if cfg.qa_train:
+        from engrain.tasks.documents import qa_train_questions
+
+        run.qa_train = qa_train_questions(cfg.qa_train, qa, cfg.task)
+    if cfg.augment:  # before anything is trained: the generator (by default) is the base model
+        from engrain.documents.augment import for_training
+
+        run.corpus, run.augment = for_training(cfg, corpus, lm)
     return run
 
 
@@ -430,6 +440,8 @@ def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, 
     record = base_record("train", cfg.method, cfg, run.lm)
     record["trainable_parameters"] = loop.summary
     record.update(method.record)
+    if run.augment:
+        record["augment"] = run.augment
     record["train_examples"] = [{"line": ex["line"], "label": run.train_spec.labels[ex["label"]]} for ex in run.shots]  # [] for documents
     pairs = sum(causal_pairs(run.virtual_tokens, len(it["input_ids"])) for it in method.items) * cfg.epochs
     flops = training_flops(loop.flops, loop.tokens_seen, pairs)
@@ -448,6 +460,10 @@ def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, 
             "per_epoch_eval_seconds": meter.paused_seconds,
         },
     }
+    if run.augment:  # what making the corpus cost (when it was made, not read from the cache), against training
+        made = run.augment["seconds"]
+        record["measure"]["augment"] = {"seconds": made, "cache_hit": run.augment["cache_hit"],
+                                        "share_of_training": made / (made + meter.seconds)}
     return record
 
 

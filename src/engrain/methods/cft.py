@@ -11,7 +11,7 @@ import torch
 
 from engrain.documents.prompts import draw, prompt_pool
 from engrain.methods.base import indexed, token_nll
-from engrain.methods.cpt import corpus_record, document_item, trainable_chunks
+from engrain.methods.cpt import corpus_record, document_item, trainable_chunks, with_qa
 
 
 class EpochItems(Sequence):
@@ -41,8 +41,9 @@ class CFT:
         prompts = [draw(pool, len(chunks), cfg.seed, epoch) for epoch in range(1, cfg.epochs + 1)]
         by_epoch = [[document_item(run, c.text, p) for c, p in zip(chunks, ps)] for ps in prompts]
         run.check_fits(0, [it["input_ids"] for items in by_epoch for it in items])
-        method = cls(by_epoch, prompts)
-        method.record = corpus_record(run, by_epoch[0])
+        record = corpus_record(run, by_epoch[0])
+        method = cls([with_qa(run, items, record) for items in by_epoch], prompts)  # questions without a prompt
+        method.record = record
         method.record["cft_prompts"] = cfg.cft_prompts_file or cfg.cft_prompts
         return method
 

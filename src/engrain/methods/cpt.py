@@ -24,6 +24,28 @@ def document_item(run, text: str, prompt: str = "") -> dict:
     return {"input_ids": head + body, "loss_mask": [0] * len(head) + mask}
 
 
+def qa_items(run) -> list[dict]:
+    """--qa-train (access-pattern training): each question as closed book asks it, then its answer; the loss
+    covers the answer's tokens only. Tokenised as the scorer tokenises it (engrain.documents.qa.encode_pair),
+    so what is trained is exactly the scored continuation of the same kind of prompt."""
+    from engrain.documents.qa import encode_pair, prompt_text
+
+    out = []
+    for q in run.qa_train or []:
+        ctx, cont = encode_pair(run.lm.tokenizer, prompt_text(q), " " + q.choices[q.answer])
+        out.append({"input_ids": run.bos + ctx + cont, "loss_mask": [0] * (len(run.bos) + len(ctx)) + [1] * len(cont)})
+    return out
+
+
+def with_qa(run, items: list[dict], record: dict) -> list[dict]:
+    """``items`` and, with --qa-train, the question items after them; ``record["qa_train"]`` says what was added."""
+    extra = qa_items(run)
+    if extra:
+        record["qa_train"] = {"source": run.cfg.qa_train, "questions": len(extra),
+                              "target_tokens": sum(sum(it["loss_mask"]) for it in extra)}
+    return items + extra
+
+
 def trainable_chunks(run) -> list:
     """The chunks with at least one target token (a one-token chunk without BOS has none: left out of CPT and CFT)."""
     least = 1 if run.bos else 2
@@ -48,8 +70,10 @@ class CPT:
 
     @classmethod
     def build(cls, run) -> "CPT":
-        method = cls([document_item(run, c.text) for c in trainable_chunks(run)])
-        method.record = corpus_record(run, method.items)
+        items = [document_item(run, c.text) for c in trainable_chunks(run)]
+        record = corpus_record(run, items)
+        method = cls(with_qa(run, items, record))
+        method.record = record
         return method
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -16,10 +16,14 @@ from __future__ import annotations
 import random
 
 import torch
+import torch.nn.functional as F
 
-from engrain.forward import sample_with_topk
+from engrain.documents.qa import encode_pair
+from engrain.errors import EngrainError
+from engrain.forward import pad, positions, sample_with_topk
 from engrain.measure import Meter
 from engrain.methods.base import indexed
+from engrain.methods.cpt import with_qa
 
 SEPARATOR = "\n\n"  # between the chunk and the seed prompt, in the teacher's context
 
@@ -62,6 +66,41 @@ def generate(run, prompts: list[list[int]]) -> list[tuple[list[int], torch.Tenso
     return out
 
 
+def clozes(text: str) -> list[tuple[str, str]]:
+    """(the sentence up to a name or number it states, " " + the rest of the sentence) for each name and number
+    that follows at least two words of its sentence."""
+    from engrain.documents.augment import _NUMBER, names, sentences
+
+    out = []
+    for sentence in sentences(text):
+        cuts = {sentence.find(n) for n in names(sentence)} | {m.start() for m in _NUMBER.finditer(sentence)}
+        for at in sorted(c for c in cuts if c > 0):
+            prompt = sentence[:at].rstrip()
+            if len(prompt.split()) >= 2:
+                out.append((prompt, " " + sentence[at:]))
+    return out
+
+
+@torch.no_grad()
+def teacher_topk(model, rows: list[tuple[list[int], int]], topk: int, pad_id: int, batch_size: int):
+    """For each (ids, start): the model's top-k full-vocabulary log-probs and ids at each of ids[start:] (N, K)."""
+    out = []
+    for b in range(0, len(rows), batch_size):
+        batch = rows[b : b + batch_size]
+        ids, mask = pad([r for r, _ in batch], pad_id, "right")
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                       position_ids=positions(mask).to(model.device)).logits
+        for j, (r, start) in enumerate(batch):
+            values, indices = logits[j, start - 1 : len(r) - 1].float().log_softmax(-1).topk(topk, dim=-1)
+            out.append((values.cpu(), indices.cpu()))
+    return out
+
+
+def corpus_summary(run) -> dict:
+    return {"source": run.cfg.train_data, "documents": len({c.doc_id for c in run.chunks}), "chunks": len(run.chunks),
+            "chunk_tokens": run.cfg.chunk_tokens}
+
+
 class DocumentDistill:
     name = "distill"
     head = None
@@ -71,6 +110,41 @@ class DocumentDistill:
 
     @classmethod
     def build(cls, run) -> "DocumentDistill":
+        return cls.from_clozes(run) if run.cfg.doc_transfer == "clozes" else cls.from_generated(run)
+
+    @classmethod
+    def from_clozes(cls, run) -> "DocumentDistill":
+        """Question-shaped transfer set, model-free: every sentence of a chunk cut before each name or number
+        it states after its start (a cloze, as the verbatim questions are); the teacher, with the chunk in
+        context, reads the rest of the sentence, and its top-k distribution at each of those tokens is the
+        target; the student reads the cloze and the rest without the chunk. One teacher pass, no sampling."""
+        cfg, tok = run.cfg, run.lm.tokenizer
+        encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        sep = encode(SEPARATOR)
+        rows, items = [], []  # teacher rows (chunk, cloze, rest) and where the rest starts; the student's items
+        for chunk in run.chunks:
+            body = encode(chunk.text)
+            for prompt, rest in clozes(chunk.text):
+                ctx, cont = encode_pair(tok, prompt, rest)
+                rows.append((run.bos_ids + body + sep + ctx + cont, len(run.bos_ids) + len(body) + len(sep) + len(ctx)))
+                items.append({"input_ids": run.bos + ctx + cont, "loss_mask": [0] * (len(run.bos) + len(ctx)) + [1] * len(cont)})
+        if not items:
+            raise EngrainError("--doc-transfer clozes found no sentence that names something or states a number after its "
+                               "start: use --doc-transfer texts")
+        run.check_fits(0, [r for r, _ in rows])
+        with Meter(run.lm.device) as m, run.autocast():
+            targets = teacher_topk(run.lm.model, rows, cfg.topk, tok.pad_token_id, cfg.batch_size)
+        record: dict = {}
+        method = cls(with_qa(run, items, record), targets)
+        method.record.update(record)
+        method.record["teacher"] = {"seconds": m.seconds, **m.memory(), "clozes": len(items), "teacher_tokens": sum(len(r) for r, _ in rows),
+                                    "target_tokens": sum(len(t[1]) for t in targets), "topk": cfg.topk,
+                                    "examples": method.transfer_texts(tok)[:3]}
+        method.record["corpus"] = corpus_summary(run)
+        return method
+
+    @classmethod
+    def from_generated(cls, run) -> "DocumentDistill":
         cfg, tok = run.cfg, run.lm.tokenizer
         encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         sep, seeds = encode(SEPARATOR), [encode(s) for s in SEEDS]
@@ -87,14 +161,15 @@ class DocumentDistill:
             head = run.bos + (seeds[s] or sep)  # the continuation seed: the blank line the teacher saw after the chunk
             items.append({"input_ids": head + ids, "loss_mask": [0] * len(head) + [1] * len(ids)})
             targets.append((values, indices))
-        method = cls(items, targets)
+        record: dict = {}
+        method = cls(with_qa(run, items, record), targets)  # question items (--qa-train) come after: no teacher targets
+        method.record.update(record)
         new = sum(len(ids) for ids, _, _ in generated)
         method.record["teacher"] = {"seconds": m.seconds, **m.memory(), "samples": len(prompts),
                                     "prompt_tokens": sum(map(len, prompts)), "generated_tokens": new,
                                     "generated_tokens_per_s": new / max(m.seconds, 1e-9), "topk": cfg.topk,
                                     "examples": method.transfer_texts(tok)[:3]}  # what the student reads, to look at
-        method.record["corpus"] = {"source": cfg.train_data, "documents": len({c.doc_id for c in run.chunks}),
-                                   "chunks": len(run.chunks), "chunk_tokens": cfg.chunk_tokens}
+        method.record["corpus"] = corpus_summary(run)
         return method
 
     def transfer_texts(self, tokenizer) -> list[str]:
@@ -102,12 +177,20 @@ class DocumentDistill:
         return [tokenizer.decode(it["input_ids"], skip_special_tokens=True) for it in self.items]
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        from engrain.forward import positions
-
         ids, mask = batch["input_ids"], batch["attention_mask"]
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1]  # (B, T-1, V)
         target = batch["loss_mask"][:, 1:].bool() & mask[:, 1:].bool()  # row-major: each item's generated tokens in order
         index = batch["index"].tolist()
-        t_logp = torch.cat([self.targets[i][0] for i in index]).to(logits.device)  # (N, K), in the same order
-        t_ids = torch.cat([self.targets[i][1] for i in index]).to(logits.device)
-        return topk_kl(t_logp, t_ids, logits[target].float())
+        taught = torch.tensor([i < len(self.targets) for i in index], device=logits.device)  # else a --qa-train question
+        losses, counts = [], []
+        if bool(taught.any()):
+            rows = [i for i in index if i < len(self.targets)]
+            t_logp = torch.cat([self.targets[i][0] for i in rows]).to(logits.device)  # (N, K), in the same order
+            t_ids = torch.cat([self.targets[i][1] for i in rows]).to(logits.device)
+            losses.append(topk_kl(t_logp, t_ids, logits[taught][target[taught]].float()))
+            counts.append(len(t_ids))
+        if not bool(taught.all()):  # the answers' tokens: cross-entropy, weighted by their count against the distilled ones
+            answers = target & ~taught[:, None]
+            losses.append(F.cross_entropy(logits[answers].float(), ids[:, 1:][answers]))
+            counts.append(int(answers.sum()))
+        return sum(loss * n for loss, n in zip(losses, counts)) / sum(counts)

@@ -90,6 +90,24 @@ def load_facts(name: str, version: str, seed: int) -> DocumentTask:
                         control=b.control)
 
 
+def qa_train_questions(source: str, task: DocumentTask | None, task_name: str) -> list[Question]:
+    """--qa-train: the task's own train half (``train``) or a questions file; refuses any scored question."""
+    if source == "train":
+        if task is None or not task.train_questions:
+            raise EngrainError(f"--qa-train train takes the task's train half of questions, and --task {task_name} has none "
+                               "(facts v2 has); give a questions file")
+        questions = task.train_questions
+    else:
+        questions = load_questions(source)
+    key = lambda q: (" ".join(q.question.split()), q.choices[q.answer])  # noqa: E731
+    scored = {key(q) for q in task.questions} if task else set()
+    leaked = [q for q in questions if key(q) in scored]
+    if leaked:
+        raise EngrainError(f"--qa-train {source}: {len(leaked)} of its questions are scored questions of --task {task_name} "
+                           f"(first: {leaked[0].question!r}): training on them would score memorised answers")
+    return questions
+
+
 def load_document_task(name: str, corpus: str | None = None, questions: str | None = None, data_dir=None) -> DocumentTask:
     base, _, seed = name.partition(":")
     if base == "pubmedqa":
