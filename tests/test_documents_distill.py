@@ -216,7 +216,7 @@ def test_a_corpus_longer_than_the_window_needs_prefix_tokens(tiny_model_dir, dat
 
 
 def test_clozes_cut_each_sentence_before_what_it_states():
-    from engrain.methods.distill_docs import clozes
+    from engrain.documents.augment import clozes
 
     text = "Varo Quendel works at Tessaline Works. Founded in 1831, Tessaline Works is based in Dreust."
     assert clozes(text) == [("Varo Quendel works at", " Tessaline Works."),
@@ -230,7 +230,8 @@ def test_cloze_targets_are_the_teacher_with_the_chunk_at_the_answer_tokens(tiny_
     teacher's top-k there with the chunk before the cloze, as an unpadded single pass computes them; the
     loss is 0 where the student is given its own distribution."""
     from engrain.documents.qa import encode_pair
-    from engrain.methods.distill_docs import SEPARATOR, clozes
+    from engrain.documents.augment import clozes
+    from engrain.methods.distill_docs import SEPARATOR
 
     run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "distill", doc_transfer="clozes", topk=5, batch_size=3,
                               chunk_tokens=64))

@@ -8,6 +8,7 @@
     qa          multiple-choice scoring closed and open book (tokenised as lm-evaluation-harness does)
     prompts     Contextual Fine-Tuning's "how to learn this" prompts and their ablations
     forgetting  what learning costs elsewhere (RTE 16-shot ICL, held-out perplexity)
+    augment     more renderings of a corpus (sentence orders, linked documents, generated texts), clozes
 """
 
 from engrain.documents.chunking import chunk_documents, chunk_text

@@ -126,6 +126,19 @@ def faithful(text: str, source: str) -> bool:
     return all(n in source for n in names(text, initial=False)) and all(n in source for n in numbers(text))
 
 
+def clozes(text: str) -> list[tuple[str, str]]:
+    """(the sentence up to a name or number it states, " " + the rest of the sentence) for each name and number
+    that follows at least two words of its sentence."""
+    out = []
+    for sentence in sentences(text):
+        cuts = {sentence.find(n) for n in names(sentence)} | {m.start() for m in _NUMBER.finditer(sentence)}
+        for at in sorted(c for c in cuts if c > 0):
+            prompt = sentence[:at].rstrip()
+            if len(prompt.split()) >= 2:
+                out.append((prompt, " " + sentence[at:]))
+    return out
+
+
 # ---------------------------------------------------------------------------- model-free kinds
 
 

@@ -18,6 +18,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from engrain.documents.augment import clozes
 from engrain.documents.qa import encode_pair
 from engrain.errors import EngrainError
 from engrain.forward import pad, positions, sample_with_topk
@@ -63,21 +64,6 @@ def generate(run, prompts: list[list[int]]) -> list[tuple[list[int], torch.Tenso
                                  cfg.topk, cfg.gen_temperature, [generators[i] for i in idx])
         for i, o in zip(idx, batch):
             out[i] = o
-    return out
-
-
-def clozes(text: str) -> list[tuple[str, str]]:
-    """(the sentence up to a name or number it states, " " + the rest of the sentence) for each name and number
-    that follows at least two words of its sentence."""
-    from engrain.documents.augment import _NUMBER, names, sentences
-
-    out = []
-    for sentence in sentences(text):
-        cuts = {sentence.find(n) for n in names(sentence)} | {m.start() for m in _NUMBER.finditer(sentence)}
-        for at in sorted(c for c in cuts if c > 0):
-            prompt = sentence[:at].rstrip()
-            if len(prompt.split()) >= 2:
-                out.append((prompt, " " + sentence[at:]))
     return out
 
 
