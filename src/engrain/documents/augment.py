@@ -202,8 +202,8 @@ def links(docs: list[Document], n: int) -> dict[str, list[str]]:
 
 
 def link(docs: list[Document], n: int, seed: int) -> list[tuple[str, str]]:
-    text = {d.id: d.text for d in docs}
-    return [(d.id, text[d.id] + "\n\n" + text[o]) for d in docs for o in links(docs, n)[d.id]]
+    text, partners = {d.id: d.text for d in docs}, links(docs, n)
+    return [(d.id, text[d.id] + "\n\n" + text[o]) for d in docs for o in partners[d.id]]
 
 
 # ---------------------------------------------------------------------------- generated kinds
