@@ -24,7 +24,7 @@ from engrain.documents.qa import HEADLINE, score_questions
 from engrain.errors import EngrainError
 
 # Bump when scoring changes what a cached reference would be.
-SCORING_VERSION = 3  # 2: joint tokenisation (lm-eval), three rules; 3: inference copies keep fp32 rotary frequencies
+SCORING_VERSION = 4  # 2: joint tokenisation (lm-eval), three rules; 3: inference copies keep fp32 rotary frequencies; 4: + measure
 
 
 def _fingerprint(questions: Sequence[Question], documents: dict[str, str]) -> str:
@@ -38,15 +38,15 @@ def _fingerprint(questions: Sequence[Question], documents: dict[str, str]) -> st
 
 def references(lm, task, questions: Sequence[Question], batch_size: int, model=None) -> dict:
     """{"base": closed-book metrics, "open_book": metrics with each question's documents} of the base model
-    (``model``, default ``lm.model``, run in ``lm.dtype``), cached by the model's files, precision, device type,
-    questions and scoring version."""
+    (``model``, default ``lm.model``, run in ``lm.dtype``), each with its ``seconds`` and ``measure`` (its cost
+    when it was computed), cached by the model's files, precision, device type, questions and scoring version."""
     from engrain.cache import cached, model_fingerprint
 
     def compute() -> dict:
         out = {}
         for name, docs in (("base", None), ("open_book", task.texts)):
             metrics, measure = score_questions(lm, questions, docs, batch_size, model=model)
-            out[name] = {**metrics, "seconds": measure["seconds"]}
+            out[name] = {**metrics, "seconds": measure["seconds"], "measure": measure}
         return out
 
     return cached("qa_references", [SCORING_VERSION, model_fingerprint(lm.source), str(lm.dtype), lm.device.type,
@@ -57,7 +57,7 @@ def with_baselines(record: dict, task, questions: Sequence[Question], refs: dict
     """Add ``baselines`` (and, for a trained model, ``gap_recovery`` in its metrics) to a documents record."""
     out = baselines(questions, task.corpus)
     if refs is not None:
-        out.update(refs)
+        out.update({name: {k: v for k, v in ref.items() if k != "measure"} for name, ref in refs.items()})
         if trained:
             record["metrics"][task.name]["gap_recovery"] = gap_recovery(record["metrics"][task.name], refs["base"], refs["open_book"])
     out["scoring"] = HEADLINE
@@ -103,11 +103,19 @@ def evaluate_documents(cfg) -> dict:
         lm, _, meta = load_for_eval(cfg)
     else:
         lm = base_model(cfg)
-    metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size,
-                                       bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
+    refs = None
+    if not meta and all(q.doc_ids for q in questions):
+        # the base model closed and open book are the references of every trained record: computed together once and
+        # cached, so that the other of the two evaluations, and training's references, are read back (its measure: its
+        # cost when computed)
+        refs = references(lm, task, questions, cfg.batch_size)
+        metrics = {k: v for k, v in refs["open_book" if cfg.open_book else "base"].items() if k not in ("seconds", "measure")}
+        measure = refs["open_book" if cfg.open_book else "base"]["measure"]
+    else:
+        metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size,
+                                           bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
     record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
     record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
-    refs = None
     if meta and all(q.doc_ids for q in questions):  # a trained model: against its base model, closed and open book
         base = base_model(cfg)
         refs = references(base, task, questions, cfg.batch_size)
