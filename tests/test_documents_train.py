@@ -166,6 +166,25 @@ def test_eval_a_document_task_closed_and_open_book(tiny_model_dir, tmp_path, cap
         assert rec["model"]["device_name"] == cpu_name() and rec["model"]["attention"] in ("sdpa", "eager")  # what ran, and how
 
 
+def test_the_base_models_closed_and_open_book_are_computed_once(tiny_model_dir, tmp_path, monkeypatch):
+    """The first base-model evaluation computes closed and open book (the references of every trained record)
+    and caches them; the other evaluation and training's references read them back, with the same numbers."""
+    from engrain import EvalConfig, evaluate
+    from engrain.documents import evaluate as doc_eval
+
+    cfg = dict(model=str(tiny_model_dir), task="facts", limit=24, precision="fp32", device="cpu", out="", progress=False)
+    closed = evaluate(EvalConfig(**cfg))
+    assert set(closed["baselines"]) >= {"base", "open_book"}
+    monkeypatch.setattr(doc_eval, "score_questions", lambda *a, **k: pytest.fail("scored again instead of read from the cache"))
+    opened = evaluate(EvalConfig(**cfg, open_book=True))
+    assert opened["metrics"]["facts"] == {k: v for k, v in closed["baselines"]["open_book"].items() if k != "seconds"}
+    assert closed["metrics"]["facts"] == {k: v for k, v in opened["baselines"]["base"].items() if k != "seconds"}
+    assert opened["measure"]["facts"]["open_book"] and not closed["measure"]["facts"]["open_book"]
+    run = prepare(TrainConfig(**cfg, method="cpt", epochs=1))
+    refs = doc_eval.base_references(run, run.questions)
+    assert refs["base"]["accuracy"] == closed["metrics"]["facts"]["accuracy"]  # training's references: the same cache entry
+
+
 def test_train_on_a_document_task_and_evaluate_the_adapter(tiny_model_dir, tmp_path):
     from engrain import EvalConfig, evaluate
 
