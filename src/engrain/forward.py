@@ -263,3 +263,18 @@ def sample_with_topk(model: torch.nn.Module, prompts: Sequence[Sequence[int]], m
             length = int((tokens[b] == eos_id).nonzero()[0]) + 1
         results.append((tokens[b, :length].tolist(), values[b, :length], indices[b, :length]))
     return results
+
+
+def sample_by_length(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None, pad_id: int,
+                     topk: int, temperature: float, generators: Sequence[torch.Generator], batch_size: int) -> list:
+    """:func:`sample_with_topk` over many prompts, in batches of similar length (little padding), results in the
+    prompts' order; one generator per prompt, so what a prompt samples does not depend on the batch size."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list = [None] * len(prompts)
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        batch = sample_with_topk(model, [prompts[i] for i in idx], max_new_tokens, eos_id, pad_id, topk, temperature,
+                                 [generators[i] for i in idx])
+        for i, o in zip(idx, batch):
+            out[i] = o
+    return out

@@ -276,23 +276,16 @@ def generate_texts(lm, prompts: list[str], max_new_tokens: int, temperature: flo
     and how many tokens were generated."""
     import torch
 
-    from engrain.forward import sample_with_topk
+    from engrain.forward import sample_by_length
 
     tok = lm.tokenizer
     bos = tok("", add_special_tokens=True)["input_ids"]
     ids = [bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     gens = [torch.Generator().manual_seed(_rng(seed, "generate", i, p).getrandbits(62)) for i, p in enumerate(prompts)]
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    texts: list[str] = [""] * len(ids)
-    tokens = 0
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        with torch.autocast(lm.device.type, dtype=lm.dtype, enabled=lm.dtype != torch.float32):
-            out = sample_with_topk(lm.model, [ids[i] for i in idx], max_new_tokens, tok.eos_token_id, tok.pad_token_id, 1,
-                                   temperature, [gens[i] for i in idx])
-        for i, (new, _, _) in zip(idx, out):
-            tokens += len(new)
-            texts[i] = tok.decode(new, skip_special_tokens=True)
+    with torch.autocast(lm.device.type, dtype=lm.dtype, enabled=lm.dtype != torch.float32):
+        out = sample_by_length(lm.model, ids, max_new_tokens, tok.eos_token_id, tok.pad_token_id, 1, temperature, gens, batch_size)
+    texts = [tok.decode(new, skip_special_tokens=True) for new, _, _ in out]
+    tokens = sum(len(new) for new, _, _ in out)
     return texts, tokens
 
 

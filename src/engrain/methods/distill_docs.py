@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from engrain.documents.augment import clozes
 from engrain.documents.qa import encode_pair
 from engrain.errors import EngrainError
-from engrain.forward import pad, positions, sample_with_topk
+from engrain.forward import pad, positions, sample_by_length
 from engrain.measure import Meter
 from engrain.methods.base import indexed
 from engrain.methods.cpt import with_qa
@@ -56,15 +56,8 @@ def generate(run, prompts: list[list[int]]) -> list[tuple[list[int], torch.Tenso
     Each prompt draws from its own generator, seeded by (seed, prompt): the texts do not depend on the batch size."""
     cfg, tok = run.cfg, run.lm.tokenizer
     generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in range(len(prompts))]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    out: list = [None] * len(prompts)
-    for b in range(0, len(order), cfg.batch_size):
-        idx = order[b : b + cfg.batch_size]
-        batch = sample_with_topk(run.lm.model, [prompts[i] for i in idx], cfg.gen_tokens, tok.eos_token_id, tok.pad_token_id,
-                                 cfg.topk, cfg.gen_temperature, [generators[i] for i in idx])
-        for i, o in zip(idx, batch):
-            out[i] = o
-    return out
+    return sample_by_length(run.lm.model, prompts, cfg.gen_tokens, tok.eos_token_id, tok.pad_token_id, cfg.topk, cfg.gen_temperature,
+                            generators, cfg.batch_size)
 
 
 @torch.no_grad()
