@@ -14,7 +14,7 @@ from engrain.methods.head import HeadMethod
 from engrain.methods.pbft import PBFT
 
 if TYPE_CHECKING:
-    from engrain.train import Run
+    from engrain.run import Run
 
 REGISTRY: dict[str, type] = {"pbft": PBFT, "head": HeadMethod, "distill": Distill, "cpt": CPT, "cft": CFT}
 

@@ -26,7 +26,7 @@ from engrain.errors import EngrainError
 from engrain.forward import last_token_outputs, pad, positions
 
 if TYPE_CHECKING:
-    from engrain.train import Run
+    from engrain.run import Run
 
 
 class Method(Protocol):
