@@ -126,6 +126,10 @@ def test_generated_augmentation_with_a_tiny_model_is_deterministic_by_seed(tiny_
     (["train", "--task", "facts", "--method", "cpt", "--generator", "x"], "--generator writes --augment's generated texts"),
     (["train", "--task", "facts", "--method", "cpt", "--augment", "permute:x"], "N must be an integer"),
     (["train", "--task", "facts", "--method", "cpt", "--qa-train", "/no/q.jsonl"], "--qa-train: questions file not found"),
+    (["train", "--task", "facts", "--method", "cpt", "--qa-first", "2"], "--qa-first orders the --qa-train questions"),
+    (["train", "--task", "facts", "--method", "cpt", "--qa-train", "train", "--no-qa-mix"], "give --qa-first N (N >= 1) too"),
+    (["train", "--task", "facts", "--method", "cpt", "--qa-train", "train", "--qa-first", "-1"], "--qa-first must be an integer >= 0"),
+    (["train", "--task", "rte", "--no-qa-mix"], "--no-qa-mix orders the --qa-train questions"),
 ])
 def test_bad_augment_options_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 2
@@ -178,3 +182,39 @@ def test_augmented_and_qa_trained_runs_end_to_end(tiny_model_dir, tmp_path, meth
     assert rec["corpus"]["documents"] > 72  # the augmented corpus's texts are what was trained
     assert rec["qa_train"]["questions"] == 184 and rec["measure"]["augment"]["share_of_training"] >= 0
     assert rec["metrics"]["facts"]["n"] == 8 and "gap_recovery" in rec["metrics"]["facts"]
+
+
+def test_qa_first_trains_the_questions_alone_first_then_the_documents(tiny_model_dir, tmp_path, monkeypatch):
+    """--qa-first N --no-qa-mix (pre-instruction tuning's two-stage order): N epochs whose batches are exactly the
+    question items, under a plain next-token loss, then the method's epochs on the documents alone."""
+    import engrain.train as tr
+    from engrain.methods.base import token_nll
+    from engrain.methods.cpt import qa_items
+
+    cfg = facts_cfg(tiny_model_dir, tmp_path, qa_train="train", qa_first=1, qa_mix=False)
+    run = prepare(facts_cfg(tiny_model_dir, tmp_path, qa_train="train"))
+    questions = {tuple(it["input_ids"]) for it in qa_items(run)}
+    documents = {tuple(it["input_ids"]) for it in build_method("cpt", run).items} - questions
+    seen, step = [], tr.train_step
+
+    def spy(run, loop, batch, loss_fn=None):
+        rows = [tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"])]
+        seen.append((loss_fn or loop.method.loss, rows))
+        step(run, loop, batch, loss_fn)
+
+    monkeypatch.setattr(tr, "train_step", spy)
+    rec, _, _ = train_model(cfg)
+    first = -(-len(questions) // cfg.train_batch_size)
+    assert "-qa-first1-unmixed-" in rec["name"] and rec["measure"]["train"]["steps"] == len(seen)
+    assert all(fn is token_nll and set(rows) <= questions for fn, rows in seen[:first])
+    assert sorted(r for _, rows in seen[:first] for r in rows) == sorted(questions)  # each question once
+    assert all(set(rows) <= documents for _, rows in seen[first:]) and len(seen) == first + -(-len(documents) // 8)
+    assert [p.get("stage") for p in rec["curve"]] == ["questions", None] and [p["epoch"] for p in rec["curve"]] == [1, 2]
+    assert rec["qa_train"]["first_epochs"] == 1 and rec["qa_train"]["mixed"] is False
+
+
+def test_qa_first_then_cft_epochs_with_the_questions_mixed(tiny_model_dir, tmp_path):
+    rec, _, _ = train_model(facts_cfg(tiny_model_dir, tmp_path, method="cft", qa_train="train", qa_first=1, epochs=2))
+    assert "-qa-first1-" in rec["name"] and "unmixed" not in rec["name"]
+    assert [p.get("stage") for p in rec["curve"]] == ["questions", None, None]  # CFT's own epochs 1 and 2 follow
+    assert rec["qa_train"]["mixed"] is True

@@ -254,6 +254,10 @@ class TrainConfig(EvalConfig):
     augment_tokens: int = opt(96, "--augment: tokens generated per text")
     qa_train: str | None = opt(None, "documents: also train on answered questions about other documents (access-pattern training): a "
                                      "questions JSONL, or 'train' for the task's own train half (facts v2); never the scored questions")
+    qa_first: int = opt(0, "documents, with --qa-train: epochs of the questions alone before the documents' epochs (pre-instruction "
+                           "tuning's two-stage order: the access pattern first, then the documents)")
+    qa_mix: bool = opt(True, "documents, with --qa-train: also mix the questions into every documents epoch (--no-qa-mix: only in "
+                             "the --qa-first epochs)")
     forgetting: bool = opt(False, "also measure, before and after training, RTE 16-shot ICL accuracy and perplexity on held-out "
                                   "text (MNLI premises): what training cost elsewhere")
 
@@ -279,6 +283,11 @@ class TrainConfig(EvalConfig):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         super().validate()
+        _at_least("qa_first", self.qa_first, 0)
+        if self.qa_train is None and (self.qa_first or not self.qa_mix):
+            raise EngrainError(f"{'--qa-first' if self.qa_first else '--no-qa-mix'} orders the --qa-train questions: give --qa-train too")
+        if not self.qa_mix and not self.qa_first:
+            raise EngrainError("--no-qa-mix trains the questions only in the --qa-first epochs: give --qa-first N (N >= 1) too")
         if self.on_documents:
             self._validate_documents()
         elif given := [f"--{k.replace('_', '-')}" for k in ("augment", "generator", "qa_train") if getattr(self, k) is not None]:

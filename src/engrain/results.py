@@ -42,6 +42,7 @@ def variant(kind: str, method: str, config: dict) -> str:
         name += f"-aug-{slug(parse(config['augment']))}" + (f"-by-{model_slug(config['generator'])}" if config.get("generator") else "")
     if config.get("qa_train"):
         name += "-qa" if config["qa_train"] == "train" else f"-qa-{model_slug(Path(config['qa_train']).stem)}"
+        name += (f"-first{config['qa_first']}" if config.get("qa_first") else "") + ("" if config.get("qa_mix", True) else "-unmixed")
     return name + ("-shuffled" if config.get("shuffled_facts") else "")  # the shuffled-facts control: the method's name, then this
 
 

@@ -198,6 +198,7 @@ class Loop:
     losses: list = field(default_factory=list)
     tokens_seen: int = 0
     step: int = 0
+    qa_loader: object | None = None  # --qa-first: the questions alone, trained on before the method's epochs
 
 
 def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
@@ -207,10 +208,18 @@ def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
     trainable = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     summary = trainable_summary(model, head)
     pad_id, side = run.lm.tokenizer.pad_token_id, padding_side(model)
-    loader = torch.utils.data.DataLoader(method.items, batch_size=cfg.train_batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed),
-                                         collate_fn=lambda b: collate(b, pad_id, side))
+    loader_of = lambda items, seed: torch.utils.data.DataLoader(  # noqa: E731
+        items, batch_size=cfg.train_batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+        collate_fn=lambda b: collate(b, pad_id, side))
+    loader = loader_of(method.items, cfg.seed)
     total_steps = -(-len(loader) // cfg.grad_accum) * cfg.epochs
+    qa_loader = None
+    if cfg.qa_first:  # pre-instruction tuning's first stage: the answered questions alone, a plain next-token loss
+        from engrain.methods.base import indexed
+        from engrain.methods.cpt import qa_items
+
+        qa_loader = loader_of(indexed(qa_items(run)), cfg.seed + 1)
+        total_steps += -(-len(qa_loader) // cfg.grad_accum) * cfg.qa_first
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler("linear" if cfg.schedule == "linear" else "constant_with_warmup", opt,
                           num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
@@ -220,42 +229,48 @@ def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
         method.head = head
     else:
         model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
-    return Loop(method, model, head, opt, sched, loader, trainable, total_steps, flops, summary)
+    if qa_loader is not None:
+        qa_loader = acc.prepare(qa_loader)
+    return Loop(method, model, head, opt, sched, loader, trainable, total_steps, flops, summary, qa_loader=qa_loader)
 
 
 def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
-    """Train for cfg.epochs; a point of the curve (mean loss, then an evaluation on the per-epoch
+    """Train for cfg.epochs (after --qa-first epochs of the questions alone, numbered first and marked
+    ``stage: questions`` in the curve); a point of the curve (mean loss, then an evaluation on the per-epoch
     sample) every epoch or every cfg.eval_every steps. The meter is paused during evaluation points,
     so training's seconds and peak memory are training's alone."""
+    from engrain.methods.base import token_nll
+
     cfg, acc = run.cfg, run.acc
     sample = per_epoch_questions(run.questions, cfg) if run.qa else per_epoch_sets(run.sets, cfg)
     curve: list[dict] = []
     bar = _bar(cfg.progress and acc.is_main_process, loop.total_steps)
+    stages = [(loop.qa_loader, token_nll, {"stage": "questions"})] * cfg.qa_first + [(loop.loader, loop.method.loss, {})] * cfg.epochs
     loop.model.train()
     with Meter(run.lm.device) as meter:
-        for epoch in range(1, cfg.epochs + 1):
-            if hasattr(loop.method, "set_epoch"):
-                loop.method.set_epoch(epoch)
-            for batch in loop.loader:
-                train_step(run, loop, batch)
+        for epoch, (loader, loss_fn, mark) in enumerate(stages, 1):
+            if hasattr(loop.method, "set_epoch") and not mark:
+                loop.method.set_epoch(epoch - cfg.qa_first)
+            for batch in loader:
+                train_step(run, loop, batch, loss_fn)
                 if acc.sync_gradients:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loop.losses[-1]:.3f}", epoch=epoch, tok_s=f"{loop.tokens_seen / max(meter.elapsed, 1e-9):.0f}")
                     if cfg.eval_every and loop.step % cfg.eval_every == 0:
                         with meter.paused():
-                            curve.append(curve_point(run, loop, sample, epoch))
+                            curve.append({**curve_point(run, loop, sample, epoch), **mark})
             if not cfg.eval_every:
                 with meter.paused():
-                    curve.append(curve_point(run, loop, sample, epoch))
+                    curve.append({**curve_point(run, loop, sample, epoch), **mark})
     bar.close()
     return curve, meter
 
 
-def train_step(run: Run, loop: Loop, batch: dict) -> None:
+def train_step(run: Run, loop: Loop, batch: dict, loss_fn=None) -> None:
     acc = run.acc
     with acc.accumulate(loop.model):
         with run.autocast():
-            loss = loop.method.loss(loop.model, batch)
+            loss = (loss_fn or loop.method.loss)(loop.model, batch)
         acc.backward(loss)
         if acc.sync_gradients and run.cfg.max_grad_norm:
             acc.clip_grad_norm_(loop.trainable, run.cfg.max_grad_norm)
@@ -345,6 +360,8 @@ def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, 
         record["augment"] = run.augment
     record["train_examples"] = [{"line": ex["line"], "label": run.train_spec.labels[ex["label"]]} for ex in run.shots]  # [] for documents
     pairs = sum(causal_pairs(run.virtual_tokens, len(it["input_ids"])) for it in method.items) * cfg.epochs
+    if loop.qa_loader is not None:
+        pairs += sum(causal_pairs(run.virtual_tokens, len(it["input_ids"])) for it in loop.qa_loader.dataset) * cfg.qa_first
     flops = training_flops(loop.flops, loop.tokens_seen, pairs)
     record["curve"] = curve
     record["metrics"] = final["metrics"]

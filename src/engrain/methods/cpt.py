@@ -38,12 +38,14 @@ def qa_items(run) -> list[dict]:
 
 
 def with_qa(run, items: list[dict], record: dict) -> list[dict]:
-    """``items`` and, with --qa-train, the question items after them; ``record["qa_train"]`` says what was added."""
+    """``items`` and, with --qa-train (unless --no-qa-mix), the question items after them; ``record["qa_train"]``
+    says what was added, and in which order (the --qa-first epochs are engrain.train's: questions alone)."""
     extra = qa_items(run)
     if extra:
         record["qa_train"] = {"source": run.cfg.qa_train, "questions": len(extra),
-                              "target_tokens": sum(sum(it["loss_mask"]) for it in extra)}
-    return items + extra
+                              "target_tokens": sum(sum(it["loss_mask"]) for it in extra),
+                              "first_epochs": run.cfg.qa_first, "mixed": run.cfg.qa_mix}
+    return items + (extra if run.cfg.qa_mix else [])
 
 
 def trainable_chunks(run) -> list:
