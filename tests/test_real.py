@@ -87,3 +87,12 @@ def test_gemma3_prefix_cache_matches_full_prompts_beyond_its_sliding_window(data
     a, _ = score(gemma.model, ctx, q, v, 4, pad)
     b, _ = score_uncached(gemma.model, ctx, q, v, 4, pad)
     torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)  # left-padded queries after the cache were off by 0.26
+
+
+def test_ask_the_bundled_instruct_model_through_its_chat_template(smol):
+    from engrain.ask import Asker, Settings, ask, chat_template
+
+    template = chat_template(smol.tokenizer, "auto")
+    assert template and "<|im_start|>" in template  # SmolLM2-135M-Instruct's own, read from the GGUF
+    rows = ask(Asker(smol, template), ["What is the capital of France?"], Settings(max_new_tokens=24))
+    assert "Paris" in rows[0]["answer"]

@@ -184,6 +184,68 @@ def cmd_augment(args: argparse.Namespace) -> None:
           f"--train-data {paths['corpus']}   (or --augment {args.kinds} on train)")
 
 
+def _asker(args: argparse.Namespace):
+    from engrain.ask import Asker, Settings, chat_template, load, read_context
+
+    settings = Settings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    settings.check()
+    context = read_context(args.context)  # a bad path fails before the model loads
+    lm = load(args.model, args.adapter, args.precision, args.device)
+    return Asker(lm, chat_template(lm.tokenizer, args.chat_template), context), settings
+
+
+def cmd_ask(args: argparse.Namespace) -> None:
+    import json
+
+    from engrain.ask import ask, read_questions
+
+    if (args.question is None) == (args.questions is None):
+        raise EngrainError("give one question, or --questions FILE (not both)")
+    if args.compare and not args.context:
+        raise EngrainError("--compare puts the closed-book answer beside the open-book one: give --context FILE too")
+    if args.batch_size < 1:
+        raise EngrainError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+    questions = [args.question] if args.question is not None else read_questions(args.questions)
+    asker, settings = _asker(args)
+    rows = ask(asker, questions, settings, args.compare, args.batch_size)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{len(rows)} answers: {args.out}")
+    elif args.question is not None:
+        r = rows[0]
+        print(f"closed book: {r['closed_book']}\nopen book:   {r['open_book']}" if args.compare else r["answer"])
+    else:
+        for r in rows:
+            print(json.dumps(r))
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from engrain.ask import chat
+
+    asker, settings = _asker(args)
+    template = "its chat template" if asker.template else "plain Question/Answer turns"
+    print(f"chatting with {args.adapter or args.model} ({template}{', the --context documents first' if asker.context else ''}); "
+          "/reset forgets, /exit ends", file=sys.stderr)
+    chat(asker, settings)
+
+
+def _add_ask_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="the model: alias, folder, .gguf or hub id (default: smollm2-135m)")
+    p.add_argument("--adapter", help="a run folder engrain train wrote (--save): ask the model it trained instead")
+    p.add_argument("--context", help="documents put before the question (open book): a folder of .txt/.md, a file or a JSONL")
+    p.add_argument("--chat-template", default="auto", help="auto (the tokenizer's, if it has one), none (plain 'Question: ... "
+                                                           "Answer:', as scoring and --qa-train), or a Jinja file")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0: sampled")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature > 0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--precision", default="auto", help="auto, bf16 or fp32")
+    p.add_argument("--device", default="auto")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from rich.table import Table
 
@@ -291,6 +353,18 @@ def make_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto")
     a.add_argument("--data-dir", help="task data folder (for pubmedqa; default: $ENGRAIN_DATA)")
     a.set_defaults(func=cmd_augment)
+    q = sub.add_parser("ask", help="answer a question (or a file of them) with a model or a trained --adapter; --context: "
+                                   "open book; --compare: closed and open book side by side")
+    q.add_argument("question", nargs="?", help="the question")
+    q.add_argument("--questions", help="a .txt file (one question a line) or a JSONL of {\"question\": ...}")
+    q.add_argument("--compare", action="store_true", help="print the closed-book and the open-book (--context) answers")
+    q.add_argument("--out", help="write the answers as JSONL here (default: stdout)")
+    q.add_argument("--batch-size", type=int, default=8, help="questions generated at once")
+    _add_ask_flags(q)
+    q.set_defaults(func=cmd_ask)
+    c = sub.add_parser("chat", help="chat with a model or a trained --adapter, replies streamed (/reset, /exit)")
+    _add_ask_flags(c)
+    c.set_defaults(func=cmd_chat)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
     return p
