@@ -246,6 +246,22 @@ def _add_ask_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from engrain.export import export
+
+    m = export(args.run, args.out, args.format, args.dtype)
+    check = m["check"]
+    print(f"{args.out}: {args.format} export of {args.run} ({m['method']}, {m['params']}, {args.dtype}); loaded back by "
+          f"{check['loaded_by']}: logits within {check['max_abs_logit_diff']:.2g} of engrain's model")
+    use = {"hf": f"transformers.AutoModelForCausalLM.from_pretrained({args.out!r})  |  engrain ask --model {args.out} \"...\"",
+           "peft": f"peft.AutoPeftModelForCausalLM.from_pretrained({args.out!r})  |  vllm serve {m.get('base_model_name_or_path')} "
+                   f"--enable-lora --lora-modules engrained={args.out}",
+           "gguf": f"llama-cli -m {args.out}/model.gguf  |  ollama create engrained -f Modelfile (FROM {args.out}/model.gguf)"}
+    if m["method"] == "head":
+        use["hf"] = f"transformers.AutoModelForSequenceClassification.from_pretrained({args.out!r}) (labels {', '.join(m['labels'])})"
+    print(f"use it: {use[args.format]}")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from rich.table import Table
 
@@ -365,6 +381,13 @@ def make_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="chat with a model or a trained --adapter, replies streamed (/reset, /exit)")
     _add_ask_flags(c)
     c.set_defaults(func=cmd_chat)
+    x = sub.add_parser("export", help="take a trained run out of engrain: a merged Hugging Face folder (hf), a peft adapter "
+                                      "with its base (peft) or a GGUF file (gguf), each checked by loading it back")
+    x.add_argument("run", help="a run folder engrain train wrote (--save)")
+    x.add_argument("--out", required=True, help="the folder to write (replaced only once the new export has passed its check)")
+    x.add_argument("--format", default="hf", help="hf (default), peft or gguf")
+    x.add_argument("--dtype", default="fp32", help="the exported weights' dtype: fp32 (default), bf16 or fp16")
+    x.set_defaults(func=cmd_export)
     sub.add_parser("models", help="list the bundled model aliases").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
     return p

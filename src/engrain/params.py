@@ -151,7 +151,7 @@ def read_adapter_meta(folder) -> dict:
         raise EngrainError(f"{meta_file}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def load_trained(path: str, device: str = "auto"):
+def load_trained(path: str, device: str = "auto", fp32_head: bool = True):
     """Rebuild a model saved by ``engrain train`` (the folder holding ``engrain.json``).
 
     Returns (LoadedModel with fp32 weights, classification head or None, metadata). Evaluate it through
@@ -163,7 +163,7 @@ def load_trained(path: str, device: str = "auto"):
 
     folder = Path(path)
     meta = read_adapter_meta(folder)
-    lm = load_model(str(folder) if meta["params"] == "full" else meta["base_model"], "fp32", device)
+    lm = load_model(str(folder) if meta["params"] == "full" else meta["base_model"], "fp32", device, fp32_head)
     if meta["params"] in ("lora", "ia3", "prefix"):
         from peft import PeftModel
 

@@ -30,6 +30,7 @@ from engrain.evaluation import eval_sets, score_sets
 from engrain.forward import encode_context, padding_side
 from engrain.measure import FlopModel, Meter, causal_pairs, training_flops
 from engrain.methods import Method, build_method, collate
+from engrain.files import swap_in
 from engrain.run import Run
 from engrain.documents.evaluate import base_references, with_baselines
 from engrain.documents.qa import score_questions
@@ -425,26 +426,10 @@ def save_adapter(model, head, cfg: TrainConfig, lm, target: Path, prefix_tokens:
                 # a prefix adapter holds the demonstrations' KV (BOS included): queries follow it as in ICL
                 "prefix_tokens": prefix_tokens}
         (tmp / "engrain.json").write_text(json.dumps(meta, indent=2))
-        _swap_in(tmp, target, old)
+        swap_in(tmp, target, old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _swap_in(new: Path, target: Path, old: Path) -> None:
-    """Replace the folder ``target`` by ``new``: the old one is renamed aside first and restored if the
-    second rename fails (a folder cannot be renamed over a non-empty one in one step)."""
-    had_old = target.exists()
-    if had_old:
-        os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        if had_old:
-            os.replace(old, target)
-        raise
-    if had_old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _bar(enabled: bool, total: int):
