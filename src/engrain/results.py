@@ -61,7 +61,8 @@ def run_name(kind: str, method: str, cfg) -> str:
 
     on_documents = is_document_task(cfg.task) or (kind == "train" and trains_on_documents(method, cfg.task, cfg.train_data))
     shots = "" if on_documents else f"-k{cfg.shots}"  # documents are not k examples
-    name = f"{cfg.task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}{shots}-s{cfg.seed}"
+    task = model_slug(Path(cfg.task).stem) if cfg.task.lower().endswith((".yaml", ".yml")) else cfg.task  # your own task's file
+    name = f"{task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}{shots}-s{cfg.seed}"
     if getattr(cfg, "train_data", None) and cfg.train_data != cfg.task:
         name += f"-from-{model_slug(cfg.train_data.rstrip('/'))}"
     if getattr(cfg, "adapter", None):

@@ -73,7 +73,7 @@ class TaskSpec:
     description: str
     fields: tuple[str, ...]
     labels: tuple[str, ...]  # index = class id
-    splits: dict[str, Split]  # "train" and/or "validation"
+    splits: dict[str, Split]  # "train" and/or "validation" (your own task: its split names -> None, read by engrain.tasks.user)
     formats: dict[str, PromptFormat]
     default_format: str
     ood: tuple[OODPartner, ...] = ()
