@@ -144,7 +144,7 @@ def _at_least(name: str, value: Any, low: int, alternative: str = "") -> None:
 
 
 # Options that change where and how a run is shown or stored, not what it measures.
-NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with")
+NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with", "save_every", "resume", "keep_checkpoints")
 # Options whose unset value (None) is chosen when the run starts, and recorded as chosen: a record with
 # any value of one of them is a run of a config that leaves it unset.
 RESOLVED_AT_RUN = ("batch_size",)
@@ -226,6 +226,10 @@ class TrainConfig(EvalConfig):
     full_vocab_loss: bool = opt(False, "pbft: cross-entropy over the full vocabulary instead of the verbalisers")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: every epoch)")
     save: bool = opt(True, "save what was trained (adapter, head or model) next to the record")
+    save_every: int = opt(0, "write a checkpoint (Accelerate's save_state, plus the loop's own state) every N optimizer steps "
+                             "under OUT/checkpoints/<run name>; 0: none")
+    resume: bool = opt(False, "continue from the run's last checkpoint, if there is one (the same result as an uninterrupted run)")
+    keep_checkpoints: bool = opt(False, "keep the checkpoints once the run has finished (default: removed with its record written)")
     eval_sample: int | None = opt(500, "per-epoch evaluations use a seeded stratified sample of this size per set (final: full sets)")
     transfer: str = opt("pool", "distill: the inputs to distil on: pool (train split minus the demonstrations) or shots (the k demonstrations)")
     transfer_size: int = opt(512, "distill: how many pool inputs (seeded sample); their labels are not used unless alpha > 0")
@@ -306,6 +310,7 @@ class TrainConfig(EvalConfig):
         _at_least("train_batch_size", self.train_batch_size, 1)
         _at_least("grad_accum", self.grad_accum, 1)
         _at_least("eval_every", self.eval_every, 0)
+        _at_least("save_every", self.save_every, 0)
         _at_least("lora_r", self.lora_r, 1)
         if self.eval_sample is not None:
             _at_least("eval_sample", self.eval_sample, 1)

@@ -125,7 +125,11 @@ def run_one(cfg) -> None:
     from engrain.evaluation import evaluate
     from engrain.train import train
 
-    (train if isinstance(cfg, TrainConfig) else evaluate)(cfg)
+    if isinstance(cfg, TrainConfig):
+        cfg.resume = True  # a run killed with its sweep continues from its last checkpoint (--save-every), if any
+        train(cfg)
+    else:
+        evaluate(cfg)
 
 
 def _child(cfg, device: str | None = None, parent: int | None = None) -> None:

@@ -69,6 +69,10 @@ def train_model(cfg: TrainConfig):
     if run.acc.is_main_process and cfg.out:
         save_outputs(run, loop, record)
     run.acc.wait_for_everyone()
+    if run.acc.is_main_process and cfg.save_every and not cfg.keep_checkpoints:
+        from engrain import checkpoint
+
+        checkpoint.remove(cfg)
     return record, run.acc.unwrap_model(loop.model), (run.acc.unwrap_model(loop.head) if loop.head else None)
 
 
@@ -200,6 +204,8 @@ class Loop:
     tokens_seen: int = 0
     step: int = 0
     qa_loader: object | None = None  # --qa-first: the questions alone, trained on before the method's epochs
+    generators: list = field(default_factory=list)  # the loaders' shuffling generators (main, then --qa-first's)
+    resumed: dict | None = None  # from a checkpoint (--resume): the step and the seconds metered before
 
 
 def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
@@ -209,9 +215,13 @@ def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
     trainable = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     summary = trainable_summary(model, head)
     pad_id, side = run.lm.tokenizer.pad_token_id, padding_side(model)
-    loader_of = lambda items, seed: torch.utils.data.DataLoader(  # noqa: E731
-        items, batch_size=cfg.train_batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-        collate_fn=lambda b: collate(b, pad_id, side))
+    generators = []
+
+    def loader_of(items, seed):
+        generators.append(torch.Generator().manual_seed(seed))
+        return torch.utils.data.DataLoader(items, batch_size=cfg.train_batch_size, shuffle=True, generator=generators[-1],
+                                           collate_fn=lambda b: collate(b, pad_id, side))
+
     loader = loader_of(method.items, cfg.seed)
     total_steps = -(-len(loader) // cfg.grad_accum) * cfg.epochs
     qa_loader = None
@@ -232,7 +242,8 @@ def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
         model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     if qa_loader is not None:
         qa_loader = acc.prepare(qa_loader)
-    return Loop(method, model, head, opt, sched, loader, trainable, total_steps, flops, summary, qa_loader=qa_loader)
+    return Loop(method, model, head, opt, sched, loader, trainable, total_steps, flops, summary, qa_loader=qa_loader,
+                generators=generators)
 
 
 def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
@@ -242,17 +253,32 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
     so training's seconds and peak memory are training's alone."""
     from engrain.methods.base import token_nll
 
+    from engrain import checkpoint
+
     cfg, acc = run.cfg, run.acc
     sample = per_epoch_questions(run.questions, cfg) if run.qa else per_epoch_sets(run.sets, cfg)
     curve: list[dict] = []
-    bar = _bar(cfg.progress and acc.is_main_process, loop.total_steps)
     stages = [(loop.qa_loader, token_nll, {"stage": "questions"})] * cfg.qa_first + [(loop.loader, loop.method.loss, {})] * cfg.epochs
+    state = checkpoint.load(run, loop) if cfg.resume else None
+    first, done = (state["epoch"], state["batches"]) if state else (1, 0)
+    if state:  # where the checkpoint was: the step, the curve so far, and the shuffling as the epoch began
+        loop.step, loop.tokens_seen, loop.losses, curve = state["step"], state["tokens_seen"], state["losses"], state["curve"]
+        loop.resumed = {"from_step": state["step"], "seconds_before": state["seconds"], "eval_seconds_before": state["eval_seconds"]}
+    bar = _bar(cfg.progress and acc.is_main_process, loop.total_steps)
+    bar.update(loop.step)
     loop.model.train()
     with Meter(run.lm.device) as meter:
         for epoch, (loader, loss_fn, mark) in enumerate(stages, 1):
+            if epoch < first:
+                continue
             if hasattr(loop.method, "set_epoch") and not mark:
                 loop.method.set_epoch(epoch - cfg.qa_first)
-            for batch in loader:
+            if state and epoch == first:
+                for g, saved in zip(loop.generators, state["generator_states"]):
+                    g.set_state(saved)
+            began = [g.get_state() for g in loop.generators]  # what a checkpoint in this epoch restores
+            skip = done if epoch == first else 0
+            for i, batch in enumerate(acc.skip_first_batches(loader, skip) if skip else loader, skip + 1):
                 train_step(run, loop, batch, loss_fn)
                 if acc.sync_gradients:
                     bar.update(1)
@@ -260,6 +286,13 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
                     if cfg.eval_every and loop.step % cfg.eval_every == 0:
                         with meter.paused():
                             curve.append({**curve_point(run, loop, sample, epoch), **mark})
+                    if cfg.save_every and loop.step % cfg.save_every == 0:
+                        before = loop.resumed or {"seconds_before": 0.0, "eval_seconds_before": 0.0}
+                        with meter.paused():
+                            checkpoint.save(run, loop, {"epoch": epoch, "batches": i, "step": loop.step, "tokens_seen": loop.tokens_seen,
+                                                        "losses": loop.losses, "curve": curve, "generator_states": began,
+                                                        "seconds": before["seconds_before"] + meter.elapsed,
+                                                        "eval_seconds": before["eval_seconds_before"] + meter.paused_seconds})
             if not cfg.eval_every:
                 with meter.paused():
                     curve.append({**curve_point(run, loop, sample, epoch), **mark})
@@ -366,17 +399,20 @@ def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, 
     flops = training_flops(loop.flops, loop.tokens_seen, pairs)
     record["curve"] = curve
     record["metrics"] = final["metrics"]
+    before = loop.resumed or {"seconds_before": 0.0, "eval_seconds_before": 0.0}
+    seconds = before["seconds_before"] + meter.seconds  # a resumed run: with the seconds metered before the checkpoint
     record["measure"] = {
         **final["measure"],
         "train": {
-            "seconds": meter.seconds,
+            "seconds": seconds,
             "steps": loop.step,
             "tokens": loop.tokens_seen,
-            "tokens_per_s": loop.tokens_seen / meter.seconds,
+            "tokens_per_s": loop.tokens_seen / seconds,
             **meter.memory(),
             "flops": flops,
-            "mfu": flops / (final["measure"]["matmul_peak_tflops"] * 1e12 * meter.seconds),
-            "per_epoch_eval_seconds": meter.paused_seconds,
+            "mfu": flops / (final["measure"]["matmul_peak_tflops"] * 1e12 * seconds),
+            "per_epoch_eval_seconds": before["eval_seconds_before"] + meter.paused_seconds,
+            **({"resumed_from_step": loop.resumed["from_step"]} if loop.resumed else {}),
         },
     }
     if run.augment:  # what making the corpus cost (when it was made, not read from the cache), against training
