@@ -481,7 +481,7 @@ def test_training_is_followed_in_tensorboard(tiny_model_dir, data_dir, tmp_path)
     cfg = TrainConfig(model=str(tiny_model_dir), task="rte", shots=8, epochs=2, lr=1e-2, limit=6, eval_sample=4, train_batch_size=4,
                       precision="fp32", data_dir=str(data_dir), out=str(tmp_path), progress=False, save=False, log_with="tensorboard")
     rec = train(cfg)
-    runs = list((tmp_path / "trackers").iterdir())
+    runs = list((tmp_path / "trackers" / "engrain").iterdir())  # the default --tracker-project
     assert [r.name for r in runs] == [rec["name"]]
     events = EventAccumulator(str(runs[0]))
     events.Reload()
@@ -550,3 +550,21 @@ def test_each_run_gets_its_own_device_in_one_process(monkeypatch):
     monkeypatch.delenv("ACCELERATE_TORCH_DEVICE")
     acc = make_accelerator(TrainConfig(model="x", device="cpu"), torch.device("cpu"))
     assert acc.device.type == "cpu" and "ACCELERATE_TORCH_DEVICE" not in os.environ
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
+def test_every_run_logs_into_one_tracker_project_named_as_its_record(tracker):
+    from types import SimpleNamespace
+
+    from engrain.config import TrainConfig
+    from engrain.results import run_name
+    from engrain.train import start_tracking
+
+    calls = []
+    cfg = TrainConfig(model="m", task="rte", method="pbft", params="lora", tracker_project="nli-sweep")
+    cfg.log_with = tracker  # set after validation: the tracker's package need not be installed to see what engrain asks of it
+    start_tracking(SimpleNamespace(cfg=cfg, acc=SimpleNamespace(init_trackers=lambda *a, **k: calls.append((a, k)))))
+    (args, kw), = calls
+    name = run_name("train", "pbft", cfg)
+    assert args == ("nli-sweep",) and kw["init_kwargs"] == {"wandb": {"name": name}, "mlflow": {"run_name": name}}
+    assert kw["config"]["lr"] == cfg.lr and kw["config"]["tracker_project"] == "nli-sweep"

@@ -144,7 +144,8 @@ def _at_least(name: str, value: Any, low: int, alternative: str = "") -> None:
 
 
 # Options that change where and how a run is shown or stored, not what it measures.
-NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with", "save_every", "resume", "keep_checkpoints")
+NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with", "tracker_project", "save_every", "resume",
+                "keep_checkpoints")
 # Options whose unset value (None) is chosen when the run starts, and recorded as chosen: a record with
 # any value of one of them is a run of a config that leaves it unset.
 RESOLVED_AT_RUN = ("batch_size",)
@@ -249,6 +250,8 @@ class TrainConfig(EvalConfig):
     cft_prompts_file: str | None = opt(None, "cft: your own prompts, one per line (instead of --cft-prompts)")
     log_with: str | None = opt(None, "follow training in an experiment tracker (Accelerate's): tensorboard, mlflow or wandb; "
                                      "loss, learning rate, per-epoch and final accuracies; logs under OUT/trackers")
+    tracker_project: str = opt("engrain", "--log-with: the project every run logs into, one tracker run per engrain run named as its "
+                                          "record (W&B project, MLflow experiment, tensorboard folder OUT/trackers/PROJECT)")
     shuffled_facts: bool = opt(False, "facts: train on the shuffled-facts control corpus (each attribute's values permuted across "
                                       "entities: the same words and value counts, wrong facts), scored on the real questions")
     augment: str | None = opt(None, "documents: augment the training corpus first, KIND[:N],... : permute, rewindow, link (model-free), "

@@ -136,7 +136,7 @@ def make_accelerator(cfg: TrainConfig, device: torch.device):
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     with mock.patch.dict(os.environ, {"ACCELERATE_TORCH_DEVICE": str(device)} if single else {}):  # read when the state is made
         return Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=device.type == "cpu", log_with=cfg.log_with,
-                           project_dir=str(Path(cfg.out or "runs") / "trackers") if cfg.log_with else None)
+                           project_dir=str(Path(cfg.out or "runs") / "trackers" / cfg.tracker_project) if cfg.log_with else None)
 
 
 def start_tracking(run: Run) -> None:
@@ -148,7 +148,12 @@ def start_tracking(run: Run) -> None:
     from engrain.results import run_name
 
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(run.cfg).items()}
-    run.acc.init_trackers(run_name("train", run.cfg.method, run.cfg), config=hparams)
+    name = run_name("train", run.cfg.method, run.cfg)
+    if run.cfg.log_with == "tensorboard":  # one folder per run under OUT/trackers/PROJECT
+        run.acc.init_trackers(name, config=hparams)
+    else:  # one W&B project / MLflow experiment, the run named as its record (entity, tracking URI: their usual env vars)
+        run.acc.init_trackers(run.cfg.tracker_project, config=hparams,
+                              init_kwargs={"wandb": {"name": name}, "mlflow": {"run_name": name}})
 
 
 def track(run: Run, values: dict, step: int) -> None:
