@@ -45,8 +45,11 @@ class EvalConfig:
     out: str | None = opt("runs", "folder for the run record (JSON); empty to write none")
     progress: bool = opt(True, "show progress bars")
     adapter: str | None = opt(None, "evaluate a model saved by `engrain train` (its folder); prompts without demonstrations, --shots is ignored")
-    corpus: str | None = opt(None, "--task qa: your documents (a folder of .txt/.md files or a .jsonl of {id, text})")
+    corpus: str | None = opt(None, "--task qa: your documents (a folder of .txt/.md files, a .jsonl of {id, text}, or "
+                                   "hf:DATASET_ID[:SPLIT], a Hugging Face dataset: --text-field)")
     questions: str | None = opt(None, "--task qa: multiple-choice questions about them (JSONL: question, choices, answer, doc)")
+    text_field: str = opt("text", "a corpus given as hf:DATASET_ID[:SPLIT] (--corpus, --train-data): the column holding each "
+                                  "document's text")
     open_book: bool = opt(False, "document tasks: put each question's documents in the prompt (ICL with the documents; default: closed book)")
 
     def __post_init__(self) -> None:
@@ -94,7 +97,7 @@ class EvalConfig:
             path = getattr(self, name)
             if self.task.split(":")[0] == "qa" and path is None:
                 raise EngrainError("--task qa needs --corpus (your documents) and --questions (multiple-choice questions about them)")
-            if path is not None and not Path(path).exists():
+            if path is not None and not path.startswith("hf:") and not Path(path).exists():
                 raise EngrainError(f"--{name} not found: {path}")
 
 
@@ -108,7 +111,9 @@ def trains_on_documents(method: str, task: str, train_data: str | None) -> bool:
         return True
     if method != "distill":
         return False
-    return is_document_task(task) if train_data is None else train_data.split(":")[0] not in TASKS
+    from engrain.tasks.user import is_task_file
+
+    return is_document_task(task) if train_data is None else train_data.split(":")[0] not in TASKS and not is_task_file(train_data)
 
 
 def _coerce_numbers(cfg: Any) -> None:
@@ -349,7 +354,8 @@ class TrainConfig(EvalConfig):
         if self.shuffled_facts and (self.task.split(":")[0] != "facts" or self.train_data is not None):
             raise EngrainError("--shuffled-facts is the control of --task facts[:SEED] (v2): it replaces the task's own corpus, "
                                "so it takes no --train-data")
-        if self.train_data is not None and self.train_data.split(":")[0] not in ("facts", "facts-v1") and not Path(self.train_data).exists():
+        if (self.train_data is not None and self.train_data.split(":")[0] not in ("facts", "facts-v1", "hf")
+                and not Path(self.train_data).exists()):
             raise EngrainError(f"corpus not found: {self.train_data} (expected a folder of .txt/.md files, a .jsonl file, or facts)")
         _at_least("chunk_tokens", self.chunk_tokens, 8)
         from engrain.documents.augment import parse

@@ -84,13 +84,13 @@ def prepare(cfg: TrainConfig) -> Run:
     refuses, before any compute, what cannot fit the model's window."""
     from accelerate.utils import set_seed
 
-    qa = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir) if is_document_task(cfg.task) else None
+    qa = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir, cfg.text_field) if is_document_task(cfg.task) else None
     spec = None if qa else get_task(cfg.task)
     sets = [] if qa else eval_sets(spec, cfg)
     exclude = {example_key(s, ex) for s, exs, _ in sets for ex in exs}
     if cfg.on_documents:  # documents, not labelled examples: the task's own, unless --train-data names others
         train_spec, shots = spec, []
-        corpus = load_train_corpus(cfg.train_data) if cfg.train_data else qa.control if cfg.shuffled_facts else qa.corpus
+        corpus = load_train_corpus(cfg.train_data, cfg.text_field) if cfg.train_data else qa.control if cfg.shuffled_facts else qa.corpus
     else:
         train_spec, corpus = get_task(cfg.train_data or cfg.task), None
         shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
@@ -161,11 +161,11 @@ def track(run: Run, values: dict, step: int) -> None:
         run.acc.log(values, step=step)
 
 
-def load_train_corpus(source: str) -> list:
+def load_train_corpus(source: str, text_field: str = "text") -> list:
     """A corpus path, or ``facts[:SEED]`` / ``facts-v1[:SEED]``: the documents of the generated benchmark."""
     from engrain.documents import load_corpus
 
-    return load_document_task(source).documents if source.split(":")[0] in ("facts", "facts-v1") else load_corpus(source)
+    return load_document_task(source).documents if source.split(":")[0] in ("facts", "facts-v1") else load_corpus(source, text_field)
 
 
 def attach_params(run: Run) -> torch.nn.Module:

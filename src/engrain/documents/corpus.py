@@ -1,10 +1,11 @@
 """Documents to learn into weights, and the questions that test what was learned.
 
 A corpus is a folder of .txt / .md files (every file below it, in sorted order; a file's id is its
-path under the folder), a single .txt / .md file (one document), or a JSONL file of
-``{"id": ..., "text": ...}`` objects (engrain.documents.chunking splits long documents).
+path under the folder), a single .txt / .md file (one document), a JSONL file of
+``{"id": ..., "text": ...}`` objects, or ``hf:DATASET_ID[:SPLIT]``, a Hugging Face dataset's rows
+(``--text-field``, default ``text``; engrain.documents.chunking splits long documents).
 
-Questions are JSONL: ``{"question": str, "choices": [str, ...], "answer": int (index into choices),
+Questions are JSONL (or ``hf:DATASET_ID[:SPLIT]`` with these columns): ``{"question": str, "choices": [str, ...], "answer": int (index into choices),
 "doc": optional document id (or "docs": a list of them, e.g. both hops of a two-hop question),
 "type": optional kind, e.g. verbatim / paraphrase / two-hop}``.
 
@@ -49,8 +50,40 @@ class Question:
 # ---------------------------------------------------------------------------- corpus
 
 
-def load_corpus(path: str | Path) -> list[Document]:
-    """The documents of a folder of .txt/.md files or of a JSONL file; refuses an empty corpus."""
+HUB = "hf:"  # hf:DATASET_ID[:SPLIT]: a Hugging Face dataset (or a local dataset folder) through datasets.load_dataset
+
+
+def hub_rows(source: str, what: str) -> list[tuple[str, dict]]:
+    """(where, row) of ``hf:ID[:SPLIT]`` (split default: train), read by ``datasets`` (its cache works offline)."""
+    ident, _, split = source[len(HUB):].partition(":")
+    split = split or "train"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(ident, split=split)
+    except Exception as e:  # offline, no such dataset or split: the user can only act on the message
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngrainError(f"could not load the {what} {source} (dataset {ident!r}, split {split!r}): {msg}") from None
+    return [(f"{ident}:{split}:{n}", row) for n, row in enumerate(ds)]
+
+
+def _field(row: dict, name: str, where: str, option: str):
+    if name not in row:
+        from engrain.errors import unknown
+
+        raise EngrainError(f"{where}: no column {name!r} ({option}). " + str(unknown("column", name, row)).split(". ", 1)[-1])
+    return row[name]
+
+
+def load_corpus(path: str | Path, text_field: str = "text") -> list[Document]:
+    """The documents of a folder of .txt/.md files, of a JSONL file, or of ``hf:DATASET[:SPLIT]`` (its
+    ``text_field`` column; ids from an ``id`` column where it has one); refuses an empty corpus."""
+    if str(path).startswith(HUB):
+        rows = hub_rows(str(path), "corpus")
+        docs = [Document(str(row.get("id", where)), str(_field(row, text_field, where, "--text-field"))) for where, row in rows]
+        if len({d.id for d in docs}) != len(docs):
+            raise EngrainError(f"{path}: its id column has duplicates")
+        return _non_empty(docs, f"{path} (no rows with text)")
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
@@ -62,7 +95,12 @@ def load_corpus(path: str | Path) -> list[Document]:
         docs = list(_jsonl_documents(p))
         where = f"{p} (no documents with text)"
     else:
-        raise EngrainError(f"corpus not found: {p} (expected a folder of .txt/.md files, a .txt/.md file or a .jsonl file)")
+        raise EngrainError(f"corpus not found: {p} (expected a folder of .txt/.md files, a .txt/.md file, a .jsonl file or "
+                           "hf:DATASET_ID[:SPLIT])")
+    return _non_empty(docs, where)
+
+
+def _non_empty(docs: list[Document], where: str) -> list[Document]:
     docs = [d for d in docs if d.text.strip()]
     if not docs:
         raise EngrainError(f"the corpus is empty: {where}")
@@ -94,14 +132,18 @@ def _jsonl_documents(path: Path) -> Iterable[Document]:
 
 
 def load_questions(path: str | Path, doc_ids: Iterable[str] | None = None) -> list[Question]:
-    """Multiple-choice questions from JSONL; ``doc_ids`` (when given) are the ids a question may name."""
-    p = Path(path)
-    if not p.is_file():
-        raise EngrainError(f"questions file not found: {p}")
+    """Multiple-choice questions from JSONL or ``hf:DATASET[:SPLIT]`` (the same fields as columns); ``doc_ids``
+    (when given) are the ids a question may name."""
+    if str(path).startswith(HUB):
+        rows, p = hub_rows(str(path), "questions"), str(path)
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise EngrainError(f"questions file not found: {p}")
+        rows = ((f"{p}:{n}", row) for n, row in jsonl_rows(p))
     known = set(doc_ids) if doc_ids is not None else None
     out = []
-    for n, row in jsonl_rows(p):
-        where = f"{p}:{n}"
+    for where, row in rows:
         q, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
         if not isinstance(q, str) or not q.strip():
             raise EngrainError(f"{where}: a question needs \"question\" (a non-empty string)")

@@ -91,7 +91,7 @@ def evaluate_documents(cfg) -> dict:
     from engrain.results import base_record, eval_method, write_record
     from engrain.tasks.documents import load_document_task
 
-    task = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir)  # files first: bad ones fail before the model loads
+    task = load_document_task(cfg.task, cfg.corpus, cfg.questions, cfg.data_dir, cfg.text_field)  # files first: bad ones fail before the model loads
     questions = task.questions[: cfg.limit] if cfg.limit else task.questions
     if cfg.open_book:
         check_open_book(questions)

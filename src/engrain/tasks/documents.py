@@ -108,7 +108,8 @@ def qa_train_questions(source: str, task: DocumentTask | None, task_name: str) -
     return questions
 
 
-def load_document_task(name: str, corpus: str | None = None, questions: str | None = None, data_dir=None) -> DocumentTask:
+def load_document_task(name: str, corpus: str | None = None, questions: str | None = None, data_dir=None,
+                       text_field: str = "text") -> DocumentTask:
     base, _, seed = name.partition(":")
     if base == "pubmedqa":
         return load_pubmedqa(data_dir)
@@ -118,5 +119,5 @@ def load_document_task(name: str, corpus: str | None = None, questions: str | No
         return load_facts(name, base, int(seed or 0))
     if corpus is None or questions is None:
         raise EngrainError("--task qa needs --corpus (your documents) and --questions (a JSONL of multiple-choice questions)")
-    docs = load_corpus(corpus)
+    docs = load_corpus(corpus, text_field)
     return DocumentTask(name, docs, load_questions(questions, [d.id for d in docs]))
