@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from engrain.ask import Asker, Settings, _Streamer, ask, chat, chat_template, load
+from engrain.ask import Asker, Settings, _Streamer, ask, chat, load
 from engrain.cli import main
 from engrain.config import TrainConfig
+from engrain.data import chat_template
 from engrain.train import train_model
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

@@ -97,18 +97,6 @@ class Asker:
         return text.strip()
 
 
-def chat_template(tokenizer, choice: str) -> str | None:
-    """``auto``: the tokenizer's own template, if it has one; ``none``; or a Jinja file."""
-    if choice == "none":
-        return None
-    if choice == "auto":
-        return getattr(tokenizer, "chat_template", None) or None
-    path = Path(choice)
-    if not path.is_file():
-        raise EngrainError(f"--chat-template must be auto, none or a Jinja template file; file not found: {choice}")
-    return path.read_text()
-
-
 def load(model: str, adapter: str | None, precision: str = "auto", device: str = "auto"):
     """The base ``model``, or the model trained in ``adapter`` (a run folder), in the compute dtype."""
     from engrain.models import inference_copy, load_model, resolve_dtype

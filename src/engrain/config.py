@@ -33,6 +33,9 @@ class EvalConfig:
     seed: int = opt(0, "seed of the demonstration sample")
     format: str | None = opt(None, "prompt format: minimal, gpt-3 or eval-harness (default: the task's)")
     template: str | None = opt(None, "your own pattern with the task's fields in braces; the format's verbalisers are kept")
+    chat_template: str = opt("none", "labelled tasks: none (plain patterns, as llmft), auto (the tokenizer's chat template, if it "
+                                     "has one: each demonstration a user turn and an assistant turn, the query a user turn, the "
+                                     "answer the assistant's first token) or a Jinja file")
     balanced: bool = opt(True, "sample demonstrations class-balanced")
     ood: bool = opt(True, "also evaluate on the task's out-of-domain partners")
     limit: int | None = opt(None, "evaluate on the first N examples of each split")
@@ -72,7 +75,12 @@ class EvalConfig:
             _at_least("sample", self.sample, 1)
         if self.precision not in PRECISIONS:
             raise EngrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.chat_template not in ("none", "auto") and not Path(self.chat_template).is_file():
+            raise EngrainError(f"--chat-template must be none, auto or a Jinja template file; file not found: {self.chat_template}")
         if is_document_task(self.task):
+            if self.chat_template != "none":
+                raise EngrainError(f"--chat-template applies to labelled tasks (and to engrain ask / chat); --task {self.task}'s "
+                                   "documents and questions are read as plain text")
             return self._validate_document_task()
         spec = get_task(self.task)
         spec.prompt_format(self.format, self.template)

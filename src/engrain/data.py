@@ -104,8 +104,12 @@ class Prompter:
     fmt: PromptFormat
     tokenizer: object
 
+    def answer(self, label: str) -> str:
+        """What the model writes for ``label``: its verbaliser (" Yes")."""
+        return self.fmt.verbalizers[label]
+
     def demo_text(self, ex: Example) -> str:
-        return self.fmt.fill(ex) + self.fmt.verbalizers[self.spec.labels[ex["label"]]]
+        return self.fmt.fill(ex) + self.answer(self.spec.labels[ex["label"]])
 
     def context_text(self, demos: Sequence[Example]) -> str:
         return SEPARATOR.join(self.demo_text(d) for d in demos)
@@ -125,7 +129,7 @@ class Prompter:
         """One token id per label, in label order; each verbaliser must be a single token."""
         ids = []
         for label in self.spec.labels:
-            text = self.fmt.verbalizers[label]
+            text = self.answer(label)
             toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(toks) != 1:
                 raise EngrainError(
@@ -136,3 +140,61 @@ class Prompter:
         if len(set(ids)) != len(ids):
             raise EngrainError(f"two labels share a verbaliser token in this format: {self.fmt.verbalizers}")
         return ids
+
+
+@dataclass
+class ChatPrompter(Prompter):
+    """Prompts through a chat template (``--chat-template``, for instruct models): each demonstration a user turn
+    (its pattern) and an assistant turn (its answer: the verbaliser without its leading space, "Yes"); the query
+    a user turn and the generation prompt, so the answer token is the assistant's first. The context is the
+    demonstrations' turns, the query what the template adds after them; the template must render a conversation
+    as its earlier turns followed by the new ones (ChatML and most templates do; refused otherwise). Where the
+    tokenizer adds a BOS itself, a BOS the template writes is left out (never two)."""
+
+    template: str = ""
+
+    def answer(self, label: str) -> str:
+        return self.fmt.verbalizers[label].strip()
+
+    def render(self, turns: list[tuple[str, str | None]], generation: bool) -> str:
+        messages = [m for user, reply in turns for m in
+                    ({"role": "user", "content": user}, *([{"role": "assistant", "content": reply}] if reply is not None else []))]
+        text = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation)
+        bos = self.tokenizer.bos_token
+        if bos and text.startswith(bos) and self.tokenizer("", add_special_tokens=True)["input_ids"]:
+            text = text[len(bos):]
+        return text
+
+    def context_text(self, demos: Sequence[Example]) -> str:
+        return self.render([(self.fmt.fill(d), self.answer(self.spec.labels[d["label"]])) for d in demos], False) if demos else ""
+
+    def query_text(self, ex: Example, with_context: bool) -> str:
+        query = [(self.fmt.fill(ex), None)]
+        if not with_context:
+            return self.render(query, True)
+        before = [("A question.", "An answer.")]
+        head, whole = self.render(before, False), self.render(before + query, True)
+        if not whole.startswith(head):
+            raise EngrainError("this chat template does not render a conversation as its earlier turns followed by the new one, "
+                               "so demonstrations cannot be cached apart from the query: use --chat-template none")
+        return whole[len(head):]
+
+
+def chat_template(tokenizer, choice: str) -> str | None:
+    """``auto``: the tokenizer's own template, if it has one; ``none``; or a Jinja file's."""
+    from pathlib import Path
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return getattr(tokenizer, "chat_template", None) or None
+    path = Path(choice)
+    if not path.is_file():
+        raise EngrainError(f"--chat-template must be auto, none or a Jinja template file; file not found: {choice}")
+    return path.read_text()
+
+
+def make_prompter(spec: TaskSpec, fmt: PromptFormat, tokenizer, chat: str = "none") -> Prompter:
+    """A plain Prompter, or a ChatPrompter when ``chat`` (none / auto / FILE) names a template."""
+    template = chat_template(tokenizer, chat)
+    return Prompter(spec, fmt, tokenizer) if template is None else ChatPrompter(spec, fmt, tokenizer, template)

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from engrain.config import EvalConfig
-from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
+from engrain.data import example_key, make_prompter, sample_few_shot, stratified_sample
 from engrain.errors import EngrainError
 from engrain.forward import encode_context, last_outputs
 from engrain.measure import FlopModel, Meter, causal_pairs, matmul_peak
@@ -163,7 +163,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
     if meta:  # the record names the model actually evaluated
         check_adapter_task(cfg.adapter, meta, spec)
-        cfg = dataclasses.replace(cfg, model=meta["base_model"])
+        cfg = dataclasses.replace(cfg, model=meta["base_model"], chat_template=meta.get("chat_template", "none"))  # as it trained
     fmt = spec.prompt_format(cfg.format or meta.get("format"), cfg.template or meta.get("template"))
     # Data first (cheap, and bad files fail before the model loads).
     sets = eval_sets(spec, cfg)
@@ -171,7 +171,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     demos = sample_few_shot(spec, load_split(spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude) if cfg.shots else []
 
     lm, head, meta = load_for_eval(cfg)
-    prompter = Prompter(spec, fmt, lm.tokenizer)
+    prompter = make_prompter(spec, fmt, lm.tokenizer, cfg.chat_template)
     verb = prompter.verbalizer_ids()
     prefix_tokens = meta.get("prefix_tokens", 0)
     after_context = bool(demos) or prefix_tokens > 0

@@ -65,6 +65,9 @@ def run_name(kind: str, method: str, cfg) -> str:
     name = f"{task}-{variant(kind, method, dataclasses.asdict(cfg))}-{model_slug(cfg.model)}{shots}-s{cfg.seed}"
     if getattr(cfg, "train_data", None) and cfg.train_data != cfg.task:
         name += f"-from-{model_slug(cfg.train_data.rstrip('/'))}"
+    chat = getattr(cfg, "chat_template", "none")
+    if chat != "none":  # prompts through a chat template: other prompts, other numbers
+        name += "-chat" if chat == "auto" else f"-chat-{model_slug(Path(chat).stem)}"
     if getattr(cfg, "adapter", None):
         name += f"-{Path(cfg.adapter).name}"
     if getattr(cfg, "limit", None):

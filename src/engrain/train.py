@@ -24,7 +24,7 @@ import torch
 
 from engrain import models
 from engrain.config import TrainConfig
-from engrain.data import Prompter, example_key, sample_few_shot, stratified_sample
+from engrain.data import example_key, make_prompter, sample_few_shot, stratified_sample
 from engrain.errors import EngrainError
 from engrain.evaluation import eval_sets, score_sets
 from engrain.forward import encode_context, padding_side
@@ -102,7 +102,7 @@ def prepare(cfg: TrainConfig) -> Run:
     lm = models.load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
     lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
     cfg.batch_size = cfg.batch_size or models.default_batch_size(lm.device)  # scoring batches; recorded as chosen
-    prompter = lambda s: Prompter(s, s.prompt_format(cfg.format, cfg.template), lm.tokenizer) if s else None  # noqa: E731
+    prompter = lambda s: make_prompter(s, s.prompt_format(cfg.format, cfg.template), lm.tokenizer, cfg.chat_template) if s else None  # noqa: E731
     run = Run(cfg, spec, train_spec, sets, exclude, shots, acc, lm, compute, prompter(train_spec), prompter(spec), corpus, qa)
     if run.as_icl and cfg.prefix_tokens > len(run.context_ids):
         what = "the corpus" if corpus is not None else f"the {len(shots)} demonstrations"
@@ -464,6 +464,7 @@ def save_adapter(model, head, cfg: TrainConfig, lm, target: Path, prefix_tokens:
             save_file({"weight": head.weight.detach().float().contiguous()}, str(tmp / "head.safetensors"))
         meta = {"engrain_adapter": 1, "method": cfg.method, "params": cfg.params, "base_model": cfg.model,
                 "task": cfg.task, "train_data": cfg.train_data or cfg.task, "format": cfg.format, "template": cfg.template,
+                "chat_template": cfg.chat_template,
                 # a prefix adapter holds the demonstrations' KV (BOS included): queries follow it as in ICL
                 "prefix_tokens": prefix_tokens}
         (tmp / "engrain.json").write_text(json.dumps(meta, indent=2))
