@@ -238,6 +238,10 @@ class TrainConfig(EvalConfig):
     prefix_tokens: int = opt(0, "prefix: KV prefix length; 0 keeps the whole context, N compresses it to N tokens initialised from its first N")
     target_modules: str | None = opt(None, "comma-separated module names for LoRA/IA3 (default q_proj,v_proj for LoRA; peft's for IA3)")
     full_vocab_loss: bool = opt(False, "pbft: cross-entropy over the full vocabulary instead of the verbalisers")
+    gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass instead of keeping "
+                                              "them (transformers' own, use_reentrant=False): less memory, about a third more time")
+    pack: bool = opt(False, "cpt / cft: pack each batch's sequences into as few rows as fit the longest, with per-sequence "
+                            "position ids and no attention across sequences (padding-free): the same loss, fewer tokens")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: every epoch)")
     save: bool = opt(True, "save what was trained (adapter, head or model) next to the record")
     save_every: int = opt(0, "write a checkpoint (Accelerate's save_state, plus the loop's own state) every N optimizer steps "
@@ -327,6 +331,8 @@ class TrainConfig(EvalConfig):
         _at_least("grad_accum", self.grad_accum, 1)
         _at_least("eval_every", self.eval_every, 0)
         _at_least("save_every", self.save_every, 0)
+        if self.pack and self.method not in ("cpt", "cft"):
+            raise EngrainError(f"--pack applies to cpt and cft (a next-token loss on every sequence), not {self.method}")
         _at_least("lora_r", self.lora_r, 1)
         if self.eval_sample is not None:
             _at_least("eval_sample", self.eval_sample, 1)

@@ -185,6 +185,9 @@ def attach_params(run: Run) -> torch.nn.Module:
             with run.autocast():
                 cache = encode_context(run.lm.model, run.context_ids[:n])
     run.lm.model = apply_params(run.lm.model, spec, cache, n_ctx)  # evaluation runs the adapted model
+    if cfg.gradient_checkpointing:  # transformers' own; non-reentrant, so frozen inputs need no requires_grad
+        base = run.lm.model.get_base_model() if hasattr(run.lm.model, "get_base_model") else run.lm.model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # FSDP flattens each unit's parameters into one tensor of one dtype; DeepSpeed keeps its own copies
     if run.compute != torch.float32 and run.acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         hold_frozen_in(run.lm.model, run.compute)
@@ -225,7 +228,7 @@ def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
     def loader_of(items, seed):
         generators.append(torch.Generator().manual_seed(seed))
         return torch.utils.data.DataLoader(items, batch_size=cfg.train_batch_size, shuffle=True, generator=generators[-1],
-                                           collate_fn=lambda b: collate(b, pad_id, side))
+                                           collate_fn=lambda b: collate(b, pad_id, side, cfg.pack))
 
     loader = loader_of(method.items, cfg.seed)
     total_steps = -(-len(loader) // cfg.grad_accum) * cfg.epochs

@@ -48,9 +48,38 @@ def indexed(items: list[dict]) -> list[dict]:
     return [{**item, "index": i} for i, item in enumerate(items)]
 
 
-def collate(items: list[dict], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
+def packed(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token-level items packed into as few rows as fit the longest (first fit, in order): input_ids, loss_mask,
+    attention_mask (1 on real tokens) and position_ids restarting at 0 for each sequence, from which transformers
+    builds a block-diagonal causal mask (no token attends to another sequence). A sequence's first token carries
+    no loss (every token-level item starts with BOS, a prompt or a masked first token), so the loss is the padded
+    batch's."""
+    width = max(len(it["input_ids"]) for it in items)
+    rows: list[list[dict]] = []
+    for it in items:
+        row = next((r for r in rows if sum(len(x["input_ids"]) for x in r) + len(it["input_ids"]) <= width), None)
+        row.append(it) if row is not None else rows.append([it])
+    out = {k: torch.full((len(rows), width), v, dtype=torch.long) for k, v in (("input_ids", pad_id), ("loss_mask", 0),
+                                                                              ("attention_mask", 0), ("position_ids", 0))}
+    for i, row in enumerate(rows):
+        at = 0
+        for it in row:
+            n = len(it["input_ids"])
+            out["input_ids"][i, at : at + n] = torch.tensor(it["input_ids"])
+            out["loss_mask"][i, at : at + n] = torch.tensor(it["loss_mask"])
+            out["attention_mask"][i, at : at + n] = 1
+            out["position_ids"][i, at : at + n] = torch.arange(n)
+            at += n
+        out["position_ids"][i, at:] = torch.arange(width - at)  # the padding: a sequence of its own, never a target
+    return out
+
+
+def collate(items: list[dict], pad_id: int, side: str = "left", pack: bool = False) -> dict[str, torch.Tensor]:
     """Items -> a batch padded on ``side`` (the model's forward.padding_side): input_ids and attention_mask
-    (B, T); loss_mask (B, T) where items carry one (0 on padding); labels and index (B,) where present."""
+    (B, T); loss_mask (B, T) where items carry one (0 on padding); labels and index (B,) where present.
+    With ``pack``, token-level items are packed instead (:func:`packed`)."""
+    if pack:
+        return packed(items, pad_id)
     ids, mask = pad([it["input_ids"] for it in items], pad_id, side)
     batch = {"input_ids": ids, "attention_mask": mask}
     if "loss_mask" in items[0]:
@@ -74,5 +103,8 @@ def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     target = batch["loss_mask"][:, 1:].bool() & mask[:, 1:].bool()  # (B, T-1)
     if not bool(target.any()):  # the mean over nothing is NaN: a bug upstream, not a loss
         raise EngrainError("a training batch has no target tokens (its loss mask is 0 everywhere after the first token)")
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1].float()  # (B, T-1, V)
+    if "position_ids" in batch:  # packed: no attention mask, so that transformers masks by the position ids' sequences
+        logits = model(input_ids=ids, position_ids=batch["position_ids"], use_cache=False).logits[:, :-1].float()
+    else:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1].float()  # (B, T-1, V)
     return F.cross_entropy(logits[target], ids[:, 1:][target])
