@@ -195,3 +195,15 @@ def logit_tolerance(device: str, precision: str, reference: torch.Tensor) -> dic
     if precision == "bf16":
         return {"atol": 1e-2 * float(reference.abs().max()), "rtol": 1e-2}
     return {"atol": 1e-4, "rtol": 1e-4} if device == "cpu" else {"atol": 1e-3, "rtol": 1e-3}
+
+
+def write_two_docs(root: Path) -> Path:
+    """A user's corpus: a folder of two .md files (root/docs) and one question about them (root/q.jsonl)."""
+    import json
+
+    (root / "docs").mkdir(exist_ok=True)
+    (root / "docs" / "orrin.md").write_text("# Orrin\n\nThe lighthouse keeper of Orrin is named Bel Tasso. She was born in 1961.")
+    (root / "docs" / "dreust.md").write_text("Dreust is a town on the salt coast. Its mill makes lanterns.")
+    (root / "q.jsonl").write_text(json.dumps({"question": "Who keeps the lighthouse of Orrin?", "choices": ["Bel Tasso", "Ana Ruiz"],
+                                              "answer": 0, "doc": "orrin.md"}) + "\n")
+    return root

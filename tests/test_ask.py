@@ -14,6 +14,8 @@ from engrain.config import TrainConfig
 from engrain.data import chat_template
 from engrain.train import train_model
 
+from conftest import write_two_docs
+
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
@@ -21,13 +23,8 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% en
 @pytest.fixture(scope="module")
 def cft_run(tiny_model_dir, tmp_path_factory):
     """A CFT-LoRA run on a folder of two .md files, saved: what a user would then ask."""
-    root = tmp_path_factory.mktemp("asked")
-    (root / "docs").mkdir()
-    (root / "docs" / "orrin.md").write_text("# Orrin\n\nThe lighthouse keeper of Orrin is named Bel Tasso. She was born in 1961.")
-    (root / "docs" / "dreust.md").write_text("Dreust is a town on the salt coast. Its mill makes lanterns.")
+    root = write_two_docs(tmp_path_factory.mktemp("asked"))
     q = root / "q.jsonl"
-    q.write_text(json.dumps({"question": "Who keeps the lighthouse of Orrin?", "choices": ["Bel Tasso", "Ana Ruiz"], "answer": 0,
-                             "doc": "orrin.md"}) + "\n")
     cfg = TrainConfig(model=str(tiny_model_dir), task="qa", corpus=str(root / "docs"), questions=str(q), method="cft",
                       params="lora", epochs=2, lr=1e-2, precision="fp32", out=str(root / "runs"), progress=False, save=True)
     rec, _, _ = train_model(cfg)

@@ -14,16 +14,12 @@ from engrain.export import PROBE, export
 from engrain.params import load_trained
 from engrain.train import train_model
 
+from conftest import write_two_docs
+
 
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    (root / "docs").mkdir()
-    (root / "docs" / "a.md").write_text("The lighthouse keeper of Orrin is named Bel Tasso. She was born in 1961.")
-    (root / "docs" / "b.md").write_text("Dreust is a town on the salt coast. Its mill makes lanterns.")
-    q = root / "q.jsonl"
-    q.write_text(json.dumps({"question": "Who keeps the lighthouse of Orrin?", "choices": ["Bel Tasso", "Ana Ruiz"], "answer": 0,
-                             "doc": "a.md"}) + "\n")
+    root = write_two_docs(tmp_path_factory.mktemp("export"))
     return root
 
 

