@@ -48,7 +48,7 @@ def save(run, loop, state: dict) -> Path:
 
 def load(run, loop) -> dict | None:
     """The loop's state from the run's checkpoint, with Accelerate's restored; None without one."""
-    from engrain.sweep import differences
+    from engrain.config import differences
 
     target = folder(run.cfg) / "latest"
     if not (target / "loop.json").is_file():

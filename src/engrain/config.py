@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from engrain.errors import EngrainError
+from engrain.yamlfile import load_yaml  # noqa: F401  (engrain.config.load_yaml: configs and sweeps read it from here)
 from engrain.names import CFT_PROMPTS, DOC_METHODS, PARAM_SETS, PRECISIONS, TRAIN_METHODS
 
 
@@ -181,21 +181,6 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
 
         raise unknown(f"key in {where}", bad[0], names)
     return cls(**values)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise EngrainError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise EngrainError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise EngrainError(f"{p}: expected a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
 
 
 # Hyperparameters of llmft's scripts (few-shot: 40 epochs, warmup ratio 0.5), per parameter set.
@@ -414,3 +399,18 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--temperature must be > 0, got {self.temperature!r}")
         if not 0 <= self.alpha <= 1:
             raise EngrainError(f"--alpha must be in [0, 1], got {self.alpha!r}")
+
+
+def differences(a, b, ignore=NOT_MEASURED) -> list[str]:
+    """The options in which config ``b`` differs from ``a`` (a config or a recorded config dict).
+    An option missing from a record (added to engrain after it was written) counts as its default,
+    except ``sample_seed``: before it existed the evaluation sample was drawn with the run's seed.
+    An option of ``RESOLVED_AT_RUN`` that ``b`` leaves unset matches any value of ``a``."""
+    if not isinstance(a, dict) and type(a) is not type(b):
+        return ["the kind of run"]
+    defaults = {f.name: f.default for f in dataclasses.fields(b)}
+    da = a if isinstance(a, dict) else dataclasses.asdict(a)
+    if "sample_seed" not in da:
+        da = {**da, "sample_seed": da.get("seed", 0)}
+    return sorted(k for k, v in dataclasses.asdict(b).items()
+                  if k not in ignore and not (v is None and k in RESOLVED_AT_RUN) and da.get(k, defaults[k]) != v)

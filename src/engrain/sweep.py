@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from engrain.config import NOT_MEASURED, RESOLVED_AT_RUN, EvalConfig, TrainConfig, from_dict, load_yaml
+from engrain.config import EvalConfig, TrainConfig, differences, from_dict, load_yaml
 from engrain.errors import EngrainError
 from engrain.results import eval_method, run_name
 
@@ -81,21 +81,6 @@ def _icl_config(path, entry: dict, opts: dict) -> EvalConfig:
     if own:
         raise EngrainError(f"{path}: {own[0]!r} is a training option; an icl entry (engrain eval) trains nothing")
     return from_dict(EvalConfig, {k: v for k, v in opts.items() if k not in TRAIN_ONLY}, where=str(path))
-
-
-def differences(a, b, ignore=NOT_MEASURED) -> list[str]:
-    """The options in which config ``b`` differs from ``a`` (a config or a recorded config dict).
-    An option missing from a record (added to engrain after it was written) counts as its default,
-    except ``sample_seed``: before it existed the evaluation sample was drawn with the run's seed.
-    An option of ``RESOLVED_AT_RUN`` that ``b`` leaves unset matches any value of ``a``."""
-    if not isinstance(a, dict) and type(a) is not type(b):
-        return ["the kind of run"]
-    defaults = {f.name: f.default for f in dataclasses.fields(b)}
-    da = a if isinstance(a, dict) else dataclasses.asdict(a)
-    if "sample_seed" not in da:
-        da = {**da, "sample_seed": da.get("seed", 0)}
-    return sorted(k for k, v in dataclasses.asdict(b).items()
-                  if k not in ignore and not (v is None and k in RESOLVED_AT_RUN) and da.get(k, defaults[k]) != v)
 
 
 def check_done(path: Path, cfg) -> bool:

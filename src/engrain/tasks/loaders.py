@@ -142,10 +142,8 @@ def read_hub(spec: TaskSpec, split: str) -> list[Example]:
 
 def load_split(spec: TaskSpec, split: str, data_dir: Path | str | None = None) -> list[Example]:
     """Examples of one split: from ``data_dir`` (or $ENGRAIN_DATA) when given, else from the hub."""
-    if "sources" in spec.extra:  # your own task (engrain.tasks.user): its files or hub dataset, whatever data_dir says
-        from engrain.tasks.user import read_user_split
-
-        return read_user_split(spec, split)
+    if "read" in spec.extra:  # a spec that reads its own data (your task, engrain.tasks.user), whatever data_dir says
+        return spec.extra["read"](spec, split)
     if split not in spec.splits:
         raise EngrainError(f"task {spec.name} has no {split} split (it has: {', '.join(spec.splits)})")
     data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()

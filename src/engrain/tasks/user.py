@@ -57,7 +57,7 @@ def get_user_task(name: str) -> TaskSpec:
 
 @lru_cache(maxsize=32)
 def _load(path: str, mtime: int) -> tuple[TaskSpec, TaskSpec | None]:
-    from engrain.config import load_yaml
+    from engrain.yamlfile import load_yaml
 
     raw = load_yaml(path)
     if not isinstance(raw, dict):
@@ -93,10 +93,10 @@ def _load(path: str, mtime: int) -> tuple[TaskSpec, TaskSpec | None]:
             raise EngrainError(f"{path}: the ood set must have the task's text fields ({', '.join(fields)}), to be read by its template")
         ood_src = {"validation": _source(o["validation"], here, "validation", o.get("hub_config", raw.get("hub_config")))}
         ood_spec = TaskSpec(name=path + OOD_SUFFIX, description=f"out-of-domain set of {path}", fields=tuple(fields), splits=dict.fromkeys(ood_src),
-                            extra={"sources": ood_src, "values": values, "label_field": o.get("label_field", label_field)}, **common)
+                            extra={"read": read_user_split, "sources": ood_src, "values": values, "label_field": o.get("label_field", label_field)}, **common)
         ood = (OODPartner(ood_spec.name),)
     spec = TaskSpec(name=path, description=raw.get("description", f"your task ({path})"), fields=tuple(fields), splits=dict.fromkeys(sources), ood=ood,
-                    extra={"sources": sources, "values": values, "label_field": label_field}, **common)
+                    extra={"read": read_user_split, "sources": sources, "values": values, "label_field": label_field}, **common)
     spec.prompt_format()  # a placeholder that is no text field: one line now, not at the first prompt
     return spec, ood_spec
 
