@@ -11,7 +11,7 @@ import torch
 from engrain.ask import Asker, Settings, _Streamer, ask, chat, load
 from engrain.cli import main
 from engrain.config import TrainConfig
-from engrain.data import chat_template
+from engrain.chat import chat_template
 from engrain.train import train_model
 
 from conftest import write_two_docs

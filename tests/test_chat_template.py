@@ -76,7 +76,6 @@ def test_icl_and_pbft_through_a_chat_template_and_the_adapter_keeps_it(tiny_mode
 
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--task", "rte", "--chat-template", "/no/t.jinja"], "--chat-template must be none, auto or a Jinja template file"),
-    (["eval", "--task", "facts", "--chat-template", "auto"], "--chat-template applies to labelled tasks"),
 ])
 def test_bad_chat_templates_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 2

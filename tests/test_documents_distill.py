@@ -159,7 +159,7 @@ def test_a_prefix_student_starts_as_the_corpus_in_context(tiny_model_dir, data_d
     so closed book at step 0 scores each choice exactly as the base model does with the corpus before the question."""
     from engrain.documents import Question
     from engrain.forward import continuation_logprobs
-    from engrain.documents.qa import choice_scores, prompt_text
+    from engrain.documents.qa import QAPrompt, choice_scores, prompt_text
     from engrain.train import attach_params
 
     run = prepare(doc_cfg(tiny_model_dir, data_dir, tmp_path, corpus, "cpt", params="prefix"))
@@ -178,9 +178,9 @@ def test_a_prefix_student_starts_as_the_corpus_in_context(tiny_model_dir, data_d
                 s, _ = continuation_logprobs(base, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([len(prompt)]))
                 sums.append(s.item())
             want.append(sums)
-        plain = [s.sums for s in choice_scores(base, tok, questions)]  # the model alone, without the corpus
+        plain = [s.sums for s in choice_scores(base, QAPrompt(tok), questions)]  # the model alone, without the corpus
         student = attach_params(run)
-        got = [s.sums for s in choice_scores(student, tok, questions, bos=False)]
+        got = [s.sums for s in choice_scores(student, QAPrompt(tok, bos=False), questions)]
     assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)) < 1e-3
     assert max(abs(a - b) for g, w in zip(plain, want) for a, b in zip(g, w)) > 1e-2  # the corpus changes the scores
 

@@ -166,7 +166,7 @@ def test_lm_evaluation_harness_scores_the_export_as_engrain_scores_the_run(tiny_
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from engrain.documents.qa import choice_scores, prompt_text
+    from engrain.documents.qa import QAPrompt, choice_scores, prompt_text
     from engrain.tasks.documents import load_document_task
 
     run = trained(tiny_model_dir, docs, "lora")
@@ -184,6 +184,6 @@ def test_lm_evaluation_harness_scores_the_export_as_engrain_scores_the_run(tiny_
                                   task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True)
     theirs = {s["doc_id"]: [float(r[0]) for r in s["filtered_resps"]] for s in res["samples"]["engrain_qa"]}
     lm, _, _ = load_trained(run, "cpu")
-    ours = choice_scores(lm.model, lm.tokenizer, questions, None, 8, True)
+    ours = choice_scores(lm.model, QAPrompt(lm.tokenizer), questions, None, 8)
     assert len(theirs) == len(questions)
     assert max(abs(a - b) for i, s in enumerate(ours) for a, b in zip(s.sums, theirs[i])) < 1e-4

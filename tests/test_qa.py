@@ -11,7 +11,7 @@ from engrain.documents import Document, facts
 from engrain.documents import Question
 from engrain.forward import continuation_logprobs
 from engrain.models import load_model
-from engrain.documents.qa import SEPARATOR, ChoiceScores, choice_scores, context_text, prompt_text, qa_metrics
+from engrain.documents.qa import SEPARATOR, ChoiceScores, QAPrompt, choice_scores, context_text, prompt_text, qa_metrics
 from engrain.errors import EngrainError
 
 
@@ -37,7 +37,7 @@ def test_open_book_with_a_cached_document_equals_the_concatenated_prompt(tiny_an
     docs, questions = world
     lm = load_model(str(tiny_any_dir), "fp32", "cpu")
     qs = questions[:5] + [q for q in questions if q.type == "two-hop"][:3]
-    got = choice_scores(lm.model, lm.tokenizer, qs, docs, batch_size=5)
+    got = choice_scores(lm.model, QAPrompt(lm.tokenizer), qs, docs, batch_size=5)
     for q, (sums, counts, _) in zip(qs, got):
         text = SEPARATOR.join(docs[d] for d in q.doc_ids) + SEPARATOR + prompt_text(q)
         for c, choice in enumerate(q.choices):
@@ -48,12 +48,12 @@ def test_open_book_with_a_cached_document_equals_the_concatenated_prompt(tiny_an
 
 def test_closed_book_equals_the_question_alone(tiny, world):
     docs, questions = world
-    got = choice_scores(tiny.model, tiny.tokenizer, questions[:6], None, batch_size=7)
+    got = choice_scores(tiny.model, QAPrompt(tiny.tokenizer), questions[:6], None, batch_size=7)
     for q, (sums, _, _) in zip(questions[:6], got):
         for c, choice in enumerate(q.choices):
             assert sums[c] == pytest.approx(concatenated(tiny.model, tiny.tokenizer, prompt_text(q), choice)[0], abs=1e-3, rel=1e-4)
     # the document in context changes the scores (or the open-book test proves nothing)
-    opened = choice_scores(tiny.model, tiny.tokenizer, questions[:6], docs)
+    opened = choice_scores(tiny.model, QAPrompt(tiny.tokenizer), questions[:6], docs)
     assert any(abs(a - b) > 1e-2 for x, y in zip(got, opened) for a, b in zip(x.sums, y.sums))
 
 
@@ -66,7 +66,7 @@ def test_with_a_bos_or_sentencepiece_tokenizer_choices_are_scored_as_lm_eval_doe
     assert tok("", add_special_tokens=True)["input_ids"] == [tok.bos_token_id]
     qs = questions[:4] + [q for q in questions if q.type == "two-hop"][:2]
     for documents in (None, docs):
-        got = choice_scores(lm.model, tok, qs, documents, batch_size=3)
+        got = choice_scores(lm.model, QAPrompt(tok), qs, documents, batch_size=3)
         for q, scores in zip(qs, got):
             text = context_text(q, documents)
             for c, choice in enumerate(q.choices):
@@ -74,7 +74,7 @@ def test_with_a_bos_or_sentencepiece_tokenizer_choices_are_scored_as_lm_eval_doe
                 assert scores.tokens[c] == n and scores.sums[c] == pytest.approx(s, abs=1e-3, rel=1e-4)
                 assert scores.chars[c] == len(choice)
     alone = sum(len(tok(" " + c, add_special_tokens=False)["input_ids"]) for q in qs for c in q.choices)
-    joint = sum(sum(s.tokens) for s in choice_scores(lm.model, tok, qs))
+    joint = sum(sum(s.tokens) for s in choice_scores(lm.model, QAPrompt(tok), qs))
     if tok.convert_ids_to_tokens(tok(" x", add_special_tokens=False)["input_ids"])[0] == "▁":  # sentencepiece-style
         assert joint < alone  # the lone "▁" of every choice tokenised alone is gone
 
@@ -116,4 +116,4 @@ def test_references_are_computed_once_per_model_and_recomputed_when_its_files_ch
     (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")  # the model's files changed
     evaluate.references(lm, task, task.questions, 4)
     assert len(calls) == 4
-    assert first["base"]["accuracy"] == qa_metrics(task.questions, choice_scores(lm.model, lm.tokenizer, task.questions))["accuracy"]
+    assert first["base"]["accuracy"] == qa_metrics(task.questions, choice_scores(lm.model, QAPrompt(lm.tokenizer), task.questions))["accuracy"]

@@ -91,7 +91,7 @@ def test_gemma3_prefix_cache_matches_full_prompts_beyond_its_sliding_window(data
 
 def test_ask_the_bundled_instruct_model_through_its_chat_template(smol):
     from engrain.ask import Asker, Settings, ask
-    from engrain.data import chat_template
+    from engrain.chat import chat_template
 
     template = chat_template(smol.tokenizer, "auto")
     assert template and "<|im_start|>" in template  # SmolLM2-135M-Instruct's own, read from the GGUF

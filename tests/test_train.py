@@ -487,6 +487,8 @@ def test_training_is_followed_in_tensorboard(tiny_model_dir, data_dir, tmp_path)
     events.Reload()
     loss = events.Scalars("train/loss")
     assert len(loss) == rec["measure"]["train"]["steps"] == 4 and [e.step for e in loss] == [1, 2, 3, 4]
+    # read from the device in batches (--log-every 10 > 4 steps: at the epochs' ends), logged at the steps they were taken
+    assert [c["loss"] for c in rec["curve"]] == pytest.approx([(loss[0].value + loss[1].value) / 2, (loss[2].value + loss[3].value) / 2])
     assert len(events.Scalars("train/lr")) == 4
     per_epoch = [e.value for e in events.Scalars("eval/hans/accuracy")]
     assert per_epoch == pytest.approx([c["metrics"]["hans"]["accuracy"] for c in rec["curve"]])

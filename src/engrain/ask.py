@@ -52,6 +52,7 @@ class Asker:
     def prompt(self, turns: list[tuple[str, str]], question: str, context: bool = True) -> str:
         """The text the model continues: earlier (question, answer) turns, then ``question``; the documents
         (when given and ``context``) come before the first question, separated as open book separates them."""
+        from engrain.chat import render
         from engrain.documents.qa import SEPARATOR
 
         docs = self.context + SEPARATOR if context and self.context else ""
@@ -61,12 +62,11 @@ class Asker:
         messages = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
         messages.append({"role": "user", "content": question})
         messages[0] = {**messages[0], "content": docs + messages[0]["content"]}
-        return self.lm.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                                     add_generation_prompt=True)
+        return render(self.lm.tokenizer, self.template, messages, generation=True)
 
     def encode(self, text: str) -> list[int]:
-        """A template writes its own special tokens (BOS included); plain text gets the tokenizer's BOS, as scoring does."""
-        ids = self.lm.tokenizer(text, add_special_tokens=self.template is None)["input_ids"]
+        """With the tokenizer's BOS, if it adds one (a template's own BOS text is left out: engrain.chat), as scoring reads it."""
+        ids = self.lm.tokenizer(text, add_special_tokens=True)["input_ids"]
         if self.lm.max_length and len(ids) >= self.lm.max_length:
             raise EngrainError(f"the prompt is {len(ids)} tokens, the model's window {self.lm.max_length}: shorten --context "
                                "or the conversation (/reset)")

@@ -186,7 +186,7 @@ def cmd_augment(args: argparse.Namespace) -> None:
 
 def _asker(args: argparse.Namespace):
     from engrain.ask import Asker, Settings, load, read_context
-    from engrain.data import chat_template
+    from engrain.chat import chat_template
 
     settings = Settings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     settings.check()

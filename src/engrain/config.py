@@ -33,9 +33,11 @@ class EvalConfig:
     seed: int = opt(0, "seed of the demonstration sample")
     format: str | None = opt(None, "prompt format: minimal, gpt-3 or eval-harness (default: the task's)")
     template: str | None = opt(None, "your own pattern with the task's fields in braces; the format's verbalisers are kept")
-    chat_template: str = opt("none", "labelled tasks: none (plain patterns, as llmft), auto (the tokenizer's chat template, if it "
-                                     "has one: each demonstration a user turn and an assistant turn, the query a user turn, the "
-                                     "answer the assistant's first token) or a Jinja file")
+    chat_template: str = opt("none", "none (plain prompts, as llmft), auto (the tokenizer's chat template, if it has one) or a "
+                                     "Jinja file. Labelled tasks: each demonstration a user turn and an assistant turn, the query "
+                                     "a user turn, the answer the assistant's first token. Documents: each question (after its "
+                                     "documents, open book) a user turn, each choice the assistant's reply; --qa-train's "
+                                     "questions and conversations are trained so; the documents themselves stay plain text")
     balanced: bool = opt(True, "sample demonstrations class-balanced")
     ood: bool = opt(True, "also evaluate on the task's out-of-domain partners")
     limit: int | None = opt(None, "evaluate on the first N examples of each split")
@@ -78,9 +80,6 @@ class EvalConfig:
         if self.chat_template not in ("none", "auto") and not Path(self.chat_template).is_file():
             raise EngrainError(f"--chat-template must be none, auto or a Jinja template file; file not found: {self.chat_template}")
         if is_document_task(self.task):
-            if self.chat_template != "none":
-                raise EngrainError(f"--chat-template applies to labelled tasks (and to engrain ask / chat); --task {self.task}'s "
-                                   "documents and questions are read as plain text")
             return self._validate_document_task()
         spec = get_task(self.task)
         spec.prompt_format(self.format, self.template)
@@ -157,7 +156,7 @@ def _at_least(name: str, value: Any, low: int, alternative: str = "") -> None:
 
 
 # Options that change where and how a run is shown or stored, not what it measures.
-NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with", "tracker_project", "save_every", "resume",
+NOT_MEASURED = ("progress", "data_dir", "device", "out", "save", "log_with", "tracker_project", "log_every", "save_every", "resume",
                 "keep_checkpoints")
 # Options whose unset value (None) is chosen when the run starts, and recorded as chosen: a record with
 # any value of one of them is a run of a config that leaves it unset.
@@ -254,6 +253,8 @@ class TrainConfig(EvalConfig):
                                      "loss, learning rate, per-epoch and final accuracies; logs under OUT/trackers")
     tracker_project: str = opt("engrain", "--log-with: the project every run logs into, one tracker run per engrain run named as its "
                                           "record (W&B project, MLflow experiment, tensorboard folder OUT/trackers/PROJECT)")
+    log_every: int = opt(10, "optimizer steps between readings of the training loss (progress bar, --log-with): between them a step "
+                             "never waits for the device to report it")
     shuffled_facts: bool = opt(False, "facts: train on the shuffled-facts control corpus (each attribute's values permuted across "
                                       "entities: the same words and value counts, wrong facts), scored on the real questions")
     augment: str | None = opt(None, "documents: augment the training corpus first, KIND[:N],... : permute, rewindow, link (model-free), "
@@ -316,6 +317,7 @@ class TrainConfig(EvalConfig):
         _at_least("grad_accum", self.grad_accum, 1)
         _at_least("eval_every", self.eval_every, 0)
         _at_least("save_every", self.save_every, 0)
+        _at_least("log_every", self.log_every, 1)
         if self.pack and self.method not in ("cpt", "cft"):
             raise EngrainError(f"--pack applies to cpt and cft (a next-token loss on every sequence), not {self.method}")
         _at_least("lora_r", self.lora_r, 1)
@@ -357,6 +359,9 @@ class TrainConfig(EvalConfig):
                 and not Path(self.train_data).exists()):
             raise EngrainError(f"corpus not found: {self.train_data} (expected a folder of .txt/.md files, a .jsonl file, or facts)")
         _at_least("chunk_tokens", self.chunk_tokens, 8)
+        if self.chat_template != "none" and self.params == "prefix":
+            raise EngrainError("--params prefix on documents starts as the corpus in plain text, which a chat template's questions "
+                               "cannot follow: use --chat-template none, or another --params")
         from engrain.documents.augment import parse
 
         parse(self.augment)  # a one-line error for a bad kind, before the model loads

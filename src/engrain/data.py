@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from engrain.chat import chat_template, render
 from engrain.errors import EngrainError
 from engrain.tasks import Example, PromptFormat, TaskSpec
 
@@ -159,11 +160,7 @@ class ChatPrompter(Prompter):
     def render(self, turns: list[tuple[str, str | None]], generation: bool) -> str:
         messages = [m for user, reply in turns for m in
                     ({"role": "user", "content": user}, *([{"role": "assistant", "content": reply}] if reply is not None else []))]
-        text = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation)
-        bos = self.tokenizer.bos_token
-        if bos and text.startswith(bos) and self.tokenizer("", add_special_tokens=True)["input_ids"]:
-            text = text[len(bos):]
-        return text
+        return render(self.tokenizer, self.template, messages, generation)
 
     def context_text(self, demos: Sequence[Example]) -> str:
         return self.render([(self.fmt.fill(d), self.answer(self.spec.labels[d["label"]])) for d in demos], False) if demos else ""
@@ -178,20 +175,6 @@ class ChatPrompter(Prompter):
             raise EngrainError("this chat template does not render a conversation as its earlier turns followed by the new one, "
                                "so demonstrations cannot be cached apart from the query: use --chat-template none")
         return whole[len(head):]
-
-
-def chat_template(tokenizer, choice: str) -> str | None:
-    """``auto``: the tokenizer's own template, if it has one; ``none``; or a Jinja file's."""
-    from pathlib import Path
-
-    if choice == "none":
-        return None
-    if choice == "auto":
-        return getattr(tokenizer, "chat_template", None) or None
-    path = Path(choice)
-    if not path.is_file():
-        raise EngrainError(f"--chat-template must be auto, none or a Jinja template file; file not found: {choice}")
-    return path.read_text()
 
 
 def make_prompter(spec: TaskSpec, fmt: PromptFormat, tokenizer, chat: str = "none") -> Prompter:

@@ -64,6 +64,14 @@ class Run:
         return [] if self.as_icl else self.bos_ids
 
     @cached_property
+    def qa_prompt(self):
+        """How questions about documents are asked (scoring and --qa-train): plainly or through --chat-template."""
+        from engrain.chat import chat_template
+        from engrain.documents.qa import QAPrompt
+
+        return QAPrompt(self.lm.tokenizer, chat_template(self.lm.tokenizer, self.cfg.chat_template), bos=not self.as_icl)
+
+    @cached_property
     def context_ids(self) -> list[int]:
         """The k examples as ICL demonstrations: the distillation teacher's context, the prefix's initialisation.
         On documents (the prefix's initialisation): BOS, the corpus's documents and a blank line, as open book

@@ -34,7 +34,9 @@ from engrain.files import swap_in
 from engrain.run import Run
 from engrain.documents.evaluate import base_references, with_baselines
 from engrain.documents.qa import score_questions
-from engrain.tasks.documents import is_document_task, load_document_task
+from engrain.tasks.documents import is_document_task, load_document_task, qa_train_questions
+from engrain.chat import needs_template
+from engrain.documents.corpus import Conversation
 from engrain.params import ParamSpec, apply_params, hold_frozen_in, trainable_summary
 from engrain.tasks import get_task, load_split
 
@@ -94,6 +96,9 @@ def prepare(cfg: TrainConfig) -> Run:
     else:
         train_spec, corpus = get_task(cfg.train_data or cfg.task), None
         shots = sample_few_shot(train_spec, load_split(train_spec, "train", cfg.data_dir), cfg.shots, cfg.seed, cfg.balanced, exclude)
+    qa_train = qa_train_questions(cfg.qa_train, qa, cfg.task) if cfg.qa_train else None
+    if cfg.chat_template == "none" and (chat := next((q for q in qa_train or [] if isinstance(q, Conversation)), None)):
+        raise EngrainError(needs_template(chat.id))
 
     device = models.resolve_device(cfg.device)
     compute = models.resolve_dtype(cfg.precision, device)
@@ -111,10 +116,7 @@ def prepare(cfg: TrainConfig) -> Run:
         raise EngrainError(f"--params prefix starts as the whole corpus in context: {len(run.context_ids)} tokens, more than the "
                            f"model's window of {lm.max_length}; give --prefix-tokens N (its first N tokens)")
     run.check_fits(run.virtual_tokens + len(run.bos), [q for qs in run.eval_queries(sets).values() for q in qs])
-    if cfg.qa_train:
-        from engrain.tasks.documents import qa_train_questions
-
-        run.qa_train = qa_train_questions(cfg.qa_train, qa, cfg.task)
+    run.qa_train = qa_train
     if cfg.augment:  # before anything is trained: the generator (by default) is the base model
         from engrain.documents.augment import for_training
 
@@ -208,12 +210,29 @@ class Loop:
     total_steps: int
     flops: FlopModel
     summary: dict
-    losses: list = field(default_factory=list)
+    losses: list = field(default_factory=list)  # per batch since the last curve point, read from the device
+    pending: list = field(default_factory=list)  # (step, loss on the device, lr) not read yet: read at --log-every steps,
+    # checkpoints, curve points and the end
     tokens_seen: int = 0
     step: int = 0
     qa_loader: object | None = None  # --qa-first: the questions alone, trained on before the method's epochs
     generators: list = field(default_factory=list)  # the loaders' shuffling generators (main, then --qa-first's)
     resumed: dict | None = None  # from a checkpoint (--resume): the step and the seconds metered before
+
+    def read_losses(self, run: Run) -> list[float]:
+        """The losses still on the device, read in one transfer and appended to ``losses``; each optimizer step's
+        (its micro-batches' mean) is logged to the trackers at that step, as if read when it was taken. Returns them."""
+        if not self.pending:
+            return []
+        new = torch.stack([loss for _, loss, _ in self.pending]).float().tolist()
+        steps: dict[int, list] = {}
+        for (step, _, lr), loss in zip(self.pending, new):
+            steps.setdefault(step, [lr]).append(loss)
+        for step, (lr, *losses) in steps.items():
+            track(run, {"train/loss": sum(losses) / len(losses), "train/lr": lr}, step)
+        self.losses += new
+        self.pending.clear()
+        return new
 
 
 def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
@@ -290,13 +309,15 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
                 train_step(run, loop, batch, loss_fn)
                 if acc.sync_gradients:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loop.losses[-1]:.3f}", epoch=epoch, tok_s=f"{loop.tokens_seen / max(meter.elapsed, 1e-9):.0f}")
+                    if loop.step % cfg.log_every == 0 and (recent := loop.read_losses(run)):
+                        bar.set_postfix(loss=f"{recent[-1]:.3f}", epoch=epoch, tok_s=f"{loop.tokens_seen / max(meter.elapsed, 1e-9):.0f}")
                     if cfg.eval_every and loop.step % cfg.eval_every == 0:
                         with meter.paused():
                             curve.append({**curve_point(run, loop, sample, epoch), **mark})
                     if cfg.save_every and loop.step % cfg.save_every == 0:
                         before = loop.resumed or {"seconds_before": 0.0, "eval_seconds_before": 0.0}
                         with meter.paused():
+                            loop.read_losses(run)
                             checkpoint.save(run, loop, {"epoch": epoch, "batches": i, "step": loop.step, "tokens_seen": loop.tokens_seen,
                                                         "losses": loop.losses, "curve": curve, "generator_states": began,
                                                         "seconds": before["seconds_before"] + meter.elapsed,
@@ -304,6 +325,7 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
             if not cfg.eval_every:
                 with meter.paused():
                     curve.append({**curve_point(run, loop, sample, epoch), **mark})
+    loop.read_losses(run)  # after the last --eval-every point
     bar.close()
     return curve, meter
 
@@ -319,11 +341,11 @@ def train_step(run: Run, loop: Loop, batch: dict, loss_fn=None) -> None:
         loop.opt.step()
         loop.sched.step()
         loop.opt.zero_grad()
-    loop.tokens_seen += int(batch["attention_mask"].sum()) * acc.num_processes
-    loop.losses.append(loss.item())
+    loop.tokens_seen += batch["n_tokens"] * acc.num_processes  # counted on the host (methods.base.with_counts)
+    # read at --log-every steps: no device sync per step; a micro-batch's loss belongs to the step it ends in
+    loop.pending.append((loop.step + 1, loss.detach(), loop.sched.get_last_lr()[0]))
     if acc.sync_gradients:
         loop.step += 1
-        track(run, {"train/loss": loop.losses[-1], "train/lr": loop.sched.get_last_lr()[0]}, loop.step)
 
 
 def per_epoch_sets(sets, cfg: TrainConfig):
@@ -340,6 +362,7 @@ def per_epoch_questions(questions: list, cfg: TrainConfig) -> list:
 
 def curve_point(run: Run, loop: Loop, sets, epoch: int) -> dict:
     """Mean training loss since the previous point, then an evaluation on the per-epoch sample."""
+    loop.read_losses(run)
     mean_loss = sum(loop.losses) / len(loop.losses)
     loop.losses.clear()
     point = {"epoch": epoch, "step": loop.step, "loss": mean_loss, **evaluation_point(run, loop, sets, full=False)}
@@ -354,7 +377,7 @@ def evaluation_point(run: Run, loop: Loop, sets, full: bool) -> dict:
     loop.model.eval()
     scoring = models.inference_copy(unwrap(loop.model), run.compute)
     if run.qa is not None:
-        metrics, measure = score_questions(run.lm, sets, None, run.cfg.batch_size, model=scoring, bos=not run.as_icl)
+        metrics, measure = score_questions(run.lm, sets, None, run.cfg.batch_size, model=scoring, prompt=run.qa_prompt)
         metrics, measure = {run.qa.name: metrics}, {run.qa.name: measure, "matmul_peak_tflops": measure["matmul_peak_tflops"]}
     else:
         metrics, measure = score_sets(run.lm, run.spec, sets, run.bos, run.eval_queries(sets), run.eval_prompter.verbalizer_ids(),

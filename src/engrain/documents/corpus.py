@@ -7,7 +7,9 @@ path under the folder), a single .txt / .md file (one document), a JSONL file of
 
 Questions are JSONL (or ``hf:DATASET_ID[:SPLIT]`` with these columns): ``{"question": str, "choices": [str, ...], "answer": int (index into choices),
 "doc": optional document id (or "docs": a list of them, e.g. both hops of a two-hop question),
-"type": optional kind, e.g. verbatim / paraphrase / two-hop}``.
+"type": optional kind, e.g. verbatim / paraphrase / two-hop}``. Training questions (``--qa-train``) may also be
+chat-formatted conversations, ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}``
+(TRL's format), trained through the chat template on the assistant's turns.
 
 Every problem with a file is a one-line :class:`EngrainError` naming the file (and line).
 """
@@ -45,6 +47,14 @@ class Question:
     answer: int
     doc_ids: tuple[str, ...] = ()  # the documents that answer it (first: the one it is about)
     type: str = "question"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A chat-formatted training example (TRL's ``messages``: [{"role", "content"}, ...]), allowed in --qa-train files."""
+
+    id: str  # file:line
+    messages: tuple[dict, ...]
 
 
 # ---------------------------------------------------------------------------- corpus
@@ -131,9 +141,10 @@ def _jsonl_documents(path: Path) -> Iterable[Document]:
 # ---------------------------------------------------------------------------- questions
 
 
-def load_questions(path: str | Path, doc_ids: Iterable[str] | None = None) -> list[Question]:
+def load_questions(path: str | Path, doc_ids: Iterable[str] | None = None, conversations: bool = False) -> list:
     """Multiple-choice questions from JSONL or ``hf:DATASET[:SPLIT]`` (the same fields as columns); ``doc_ids``
-    (when given) are the ids a question may name."""
+    (when given) are the ids a question may name. With ``conversations`` (training data), a row may instead be a
+    chat-formatted :class:`Conversation` (``messages``)."""
     if str(path).startswith(HUB):
         rows, p = hub_rows(str(path), "questions"), str(path)
     else:
@@ -144,9 +155,15 @@ def load_questions(path: str | Path, doc_ids: Iterable[str] | None = None) -> li
     known = set(doc_ids) if doc_ids is not None else None
     out = []
     for where, row in rows:
+        if conversations and row.get("messages") is not None:
+            from engrain.chat import check_messages
+
+            out.append(Conversation(where, tuple(check_messages(row["messages"], where))))
+            continue
         q, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
         if not isinstance(q, str) or not q.strip():
-            raise EngrainError(f"{where}: a question needs \"question\" (a non-empty string)")
+            also = " (or, as training data, \"messages\": a conversation)" if conversations else ""
+            raise EngrainError(f"{where}: a question needs \"question\" (a non-empty string){also}")
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
             raise EngrainError(f"{where}: \"choices\" must be a list of at least 2 non-empty strings")
         if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):

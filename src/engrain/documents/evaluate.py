@@ -20,7 +20,7 @@ import torch
 
 from engrain.documents.baselines import baselines, gap_recovery
 from engrain.documents.corpus import Question
-from engrain.documents.qa import HEADLINE, score_questions
+from engrain.documents.qa import HEADLINE, QAPrompt, score_questions
 from engrain.errors import EngrainError
 
 # Bump when scoring changes what a cached reference would be.
@@ -36,21 +36,25 @@ def _fingerprint(questions: Sequence[Question], documents: dict[str, str]) -> st
     return h.hexdigest()
 
 
-def references(lm, task, questions: Sequence[Question], batch_size: int, model=None) -> dict:
+def references(lm, task, questions: Sequence[Question], batch_size: int, model=None, template: str | None = None) -> dict:
     """{"base": closed-book metrics, "open_book": metrics with each question's documents} of the base model
-    (``model``, default ``lm.model``, run in ``lm.dtype``), each with its ``seconds`` and ``measure`` (its cost
-    when it was computed), cached by the model's files, precision, device type, questions and scoring version."""
+    (``model``, default ``lm.model``, run in ``lm.dtype``), asked plainly or through the chat ``template``, each
+    with its ``seconds`` and ``measure`` (its cost when it was computed), cached by the model's files, precision,
+    device type, template, questions and scoring version."""
     from engrain.cache import cached, model_fingerprint
+
+    prompt = QAPrompt(lm.tokenizer, template)
 
     def compute() -> dict:
         out = {}
         for name, docs in (("base", None), ("open_book", task.texts)):
-            metrics, measure = score_questions(lm, questions, docs, batch_size, model=model)
+            metrics, measure = score_questions(lm, questions, docs, batch_size, model=model, prompt=prompt)
             out[name] = {**metrics, "seconds": measure["seconds"], "measure": measure}
         return out
 
+    chat = [hashlib.sha256(template.encode()).hexdigest()] if template is not None else []  # plain: the key it always had
     return cached("qa_references", [SCORING_VERSION, model_fingerprint(lm.source), str(lm.dtype), lm.device.type,
-                                    _fingerprint(questions, task.texts)], compute)
+                                    _fingerprint(questions, task.texts), *chat], compute)
 
 
 def with_baselines(record: dict, task, questions: Sequence[Question], refs: dict | None, trained: bool) -> None:
@@ -98,27 +102,30 @@ def evaluate_documents(cfg) -> dict:
     meta = read_adapter_meta(cfg.adapter) if cfg.adapter else {}
     if meta.get("prefix_tokens") and cfg.open_book:
         raise EngrainError(f"{cfg.adapter} is a KV prefix: it starts with its own context; evaluate it closed book (without --open-book)")
-    if meta:  # the record names the model actually evaluated
-        cfg = dataclasses.replace(cfg, model=meta["base_model"])
+    if meta:  # the record names the model actually evaluated, asked as it trained
+        cfg = dataclasses.replace(cfg, model=meta["base_model"], chat_template=meta.get("chat_template", "none"))
         lm, _, meta = load_for_eval(cfg)
     else:
         lm = base_model(cfg)
+    from engrain.chat import chat_template
+
+    template = chat_template(lm.tokenizer, cfg.chat_template)
     refs = None
     if not meta and all(q.doc_ids for q in questions):
         # the base model closed and open book are the references of every trained record: computed together once and
         # cached, so that the other of the two evaluations, and training's references, are read back (its measure: its
         # cost when computed)
-        refs = references(lm, task, questions, cfg.batch_size)
+        refs = references(lm, task, questions, cfg.batch_size, template=template)
         metrics = {k: v for k, v in refs["open_book" if cfg.open_book else "base"].items() if k not in ("seconds", "measure")}
         measure = refs["open_book" if cfg.open_book else "base"]["measure"]
     else:
-        metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size,
-                                           bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
+        prompt = QAPrompt(lm.tokenizer, template, bos=not meta.get("prefix_tokens"))  # a KV prefix holds BOS
+        metrics, measure = score_questions(lm, questions, task.texts if cfg.open_book else None, cfg.batch_size, prompt=prompt)
     record = base_record("eval", meta.get("method", eval_method(cfg)), cfg, lm)
     record["metrics"], record["measure"] = {task.name: metrics}, {task.name: measure}
     if meta and all(q.doc_ids for q in questions):  # a trained model: against its base model, closed and open book
         base = base_model(cfg)
-        refs = references(base, task, questions, cfg.batch_size)
+        refs = references(base, task, questions, cfg.batch_size, template=template)
         del base
     with_baselines(record, task, questions, refs, trained=bool(meta))
     if cfg.out:
@@ -135,4 +142,5 @@ def base_references(run, questions: Sequence[Question]) -> dict | None:
     if not all(q.doc_ids for q in questions):
         return None
     lm = dataclasses.replace(run.lm, dtype=run.compute)
-    return references(lm, run.qa, questions, run.cfg.batch_size, model=inference_copy(run.lm.model, run.compute))
+    return references(lm, run.qa, questions, run.cfg.batch_size, model=inference_copy(run.lm.model, run.compute),
+                      template=run.qa_prompt.template)

@@ -19,6 +19,8 @@ open book scores highest by it and its picks are the least drawn to long or shor
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, Sequence
 
 import torch
@@ -29,6 +31,7 @@ from engrain.forward import continuation_logprobs, encode_context, pad, repeat_c
 from engrain.measure import Meter, matmul_peak
 
 SEPARATOR = "\n\n"  # between the documents, and between them and the question
+CLOZE_REQUEST = "Complete the sentence."  # a chat template's user turn before a cloze (QAPrompt)
 RULES = ("sum", "token", "char")
 HEADLINE = "sum"
 
@@ -39,32 +42,82 @@ class ChoiceScores(NamedTuple):
     chars: list[int]  # each choice's length in characters
 
 
+def is_cloze(q: Question) -> bool:
+    """A verbatim question is a sentence cut before its answer (a cloze); the others end with "?"."""
+    return not q.question.rstrip().endswith("?")
+
+
 def prompt_text(q: Question) -> str:
-    """A cloze (the verbatim questions: a sentence cut before its answer) as it is, a question as Q/A."""
-    return q.question if not q.question.rstrip().endswith("?") else f"Question: {q.question}\nAnswer:"
+    """A cloze as it is, a question as Q/A."""
+    return q.question if is_cloze(q) else f"Question: {q.question}\nAnswer:"
+
+
+def documents_text(q: Question, documents: dict[str, str] | None) -> str:
+    """Open book: the question's documents and the separator that precedes the question; closed book: nothing."""
+    if documents is None:
+        return ""
+    if not q.doc_ids:
+        raise EngrainError(f"{q.id}: open book needs the question's documents, and it names none (give it \"doc\" or \"docs\")")
+    return SEPARATOR.join(documents[d] for d in q.doc_ids) + SEPARATOR
 
 
 def context_text(q: Question, documents: dict[str, str] | None) -> str:
     """What comes before the choice: the question's documents (open book) and the prompt."""
-    if documents is None:
-        return prompt_text(q)
-    if not q.doc_ids:
-        raise EngrainError(f"{q.id}: open book needs the question's documents, and it names none (give it \"doc\" or \"docs\")")
-    return SEPARATOR.join(documents[d] for d in q.doc_ids) + SEPARATOR + prompt_text(q)
+    return documents_text(q, documents) + prompt_text(q)
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) as lm-evaluation-harness's ``_encode_pair``: trailing spaces of the
     context move to the continuation, the two are tokenised as one text and split after the context's
     own token count."""
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
+    return split_pair(tokenizer, context, continuation)
+
+
+def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """``context + continuation`` tokenised as one text, split after the context's own token count."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     whole, n = encode(context + continuation), len(encode(context))
     if n >= len(whole):  # the continuation merged into the context's last token: score it on its own
         return encode(context), encode(continuation)
     return whole[:n], whole[n:]
+
+
+@dataclass(frozen=True)
+class QAPrompt:
+    """How a question is put to the model, the same for scoring and for --qa-train. Plain text (``template``
+    None): BOS, the documents (open book), then :func:`prompt_text` and " " + the choice. Through a chat
+    template (``--chat-template``, instruct models): the documents and the question are the user's turn and
+    the choice is the assistant's reply; a cloze is the start of the assistant's reply (the user asks
+    :data:`CLOZE_REQUEST`) and the choice continues it. ``bos`` false: a KV prefix holds BOS (engrain.chat
+    says how a template's own BOS is handled)."""
+
+    tokenizer: object
+    template: str | None = None
+    bos: bool = True
+
+    @cached_property
+    def bos_ids(self) -> list[int]:
+        return self.tokenizer("", add_special_tokens=True)["input_ids"] if self.bos else []
+
+    def pair(self, q: Question, choice: str, documents: dict[str, str] | None = None) -> tuple[list[int], int]:
+        """The token ids of ``choice`` asked as ``q`` (``documents``: open book), and where the choice starts."""
+        if self.template is None:
+            ctx, cont = encode_pair(self.tokenizer, context_text(q, documents), " " + choice)
+        else:
+            ctx, cont = split_pair(self.tokenizer, *self.chat_texts(q, documents, choice))
+        return self.bos_ids + ctx + cont, len(self.bos_ids) + len(ctx)
+
+    def chat_texts(self, q: Question, documents: dict[str, str] | None, choice: str) -> tuple[str, str]:
+        from engrain.chat import render
+
+        docs = documents_text(q, documents)
+        if is_cloze(q):
+            messages = [{"role": "user", "content": docs + CLOZE_REQUEST}, {"role": "assistant", "content": q.question.rstrip()}]
+            return render(self.tokenizer, self.template, messages, continue_final=True), " " + choice
+        return render(self.tokenizer, self.template, [{"role": "user", "content": docs + q.question}], generation=True), choice
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -77,12 +130,11 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def choice_scores(model, tokenizer, questions: Sequence[Question], documents: dict[str, str] | None = None,
-                  batch_size: int = 16, bos: bool = True) -> list[ChoiceScores]:
-    """Per question, the :class:`ChoiceScores` of its choices. With ``documents`` (id -> text) each question
-    is asked after its own documents (open book); without, after BOS alone (closed book), or, with
-    ``bos`` false, after nothing: a KV-prefix model's prefix holds BOS and comes first."""
-    bos_ids = tokenizer("", add_special_tokens=True)["input_ids"] if bos else []
+def choice_scores(model, prompt: QAPrompt, questions: Sequence[Question], documents: dict[str, str] | None = None,
+                  batch_size: int = 16) -> list[ChoiceScores]:
+    """Per question, the :class:`ChoiceScores` of its choices, asked as ``prompt`` asks them. With ``documents``
+    (id -> text) each question is asked after its own documents (open book); without, closed book."""
+    tokenizer = prompt.tokenizer
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, q in enumerate(questions):
         groups[q.doc_ids if documents is not None else ()].append(i)
@@ -90,10 +142,8 @@ def choice_scores(model, tokenizer, questions: Sequence[Question], documents: di
     for doc_ids, idx in groups.items():
         rows = []  # (question index, choice index, token ids, where the choice starts)
         for i in idx:
-            context = context_text(questions[i], documents)
             for c, choice in enumerate(questions[i].choices):
-                ctx, cont = encode_pair(tokenizer, context, " " + choice)
-                rows.append((i, c, bos_ids + ctx + cont, len(bos_ids) + len(ctx)))
+                rows.append((i, c, *prompt.pair(questions[i], choice, documents)))
         # the documents (open book) are every row's common start: encoded once, as a cache; the token before
         # each choice stays in its row, since its logits score the choice's first token
         n_past = min(common_prefix([r for _, _, r, _ in rows]), min(s for *_, s in rows) - 1) if doc_ids else 0
@@ -140,13 +190,14 @@ def qa_metrics(questions: Sequence[Question], scores: Sequence[ChoiceScores]) ->
 
 
 def score_questions(lm, questions: Sequence[Question], documents: dict[str, str] | None, batch_size: int = 16,
-                    model=None, bos: bool = True) -> tuple[dict, dict]:
-    """Metrics and cost of answering ``questions`` with ``model`` (default ``lm.model``) in ``lm.dtype``;
-    with ``documents``, open book; ``bos`` false for a KV-prefix model (:func:`choice_scores`)."""
+                    model=None, prompt: QAPrompt | None = None) -> tuple[dict, dict]:
+    """Metrics and cost of answering ``questions`` with ``model`` (default ``lm.model``) in ``lm.dtype``, asked as
+    ``prompt`` asks (default: plain text after BOS); with ``documents``, open book."""
+    prompt = prompt or QAPrompt(lm.tokenizer)
     model = model if model is not None else lm.model
     peak = matmul_peak(lm.device, lm.dtype)
     with Meter(lm.device) as m, torch.autocast(lm.device.type, dtype=lm.dtype, enabled=lm.dtype != torch.float32):
-        scores = choice_scores(model, lm.tokenizer, questions, documents, batch_size, bos)
+        scores = choice_scores(model, prompt, questions, documents, batch_size)
     measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000, **m.memory(),
                "open_book": documents is not None, "matmul_peak_tflops": peak / 1e12}
     return qa_metrics(questions, scores), measure

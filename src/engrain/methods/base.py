@@ -10,6 +10,9 @@ dict of plain Python values:
                             pre-training, Contextual Fine-Tuning); absent for last-token methods
     index       int         the item's position in ``method.items`` (set by ``build``)
 
+A batch also carries host-side counts (``with_counts``), so that a training step never synchronises with
+the device to read them.
+
 ``collate`` pads a list of items into a batch, and ``loss(model, batch)`` turns the batch into a
 scalar. Prediction always goes through the shared scorer (engrain.evaluation.score), so every
 method's numbers are comparable with ICL's.
@@ -71,7 +74,20 @@ def packed(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             out["position_ids"][i, at : at + n] = torch.arange(n)
             at += n
         out["position_ids"][i, at:] = torch.arange(width - at)  # the padding: a sequence of its own, never a target
-    return out
+    return with_counts(out, items)
+
+
+def with_counts(batch: dict, items: list[dict]) -> dict:
+    """What the training loop reads on the host, counted here on the CPU so that a step on a GPU never waits
+    for the device to count it: ``n_tokens`` (real tokens), ``n_targets`` (tokens carrying loss, token-level
+    items), ``row_targets`` (per item) and ``index`` (the items' positions, a list: it indexes host-side tables)."""
+    batch["n_tokens"] = sum(len(it["input_ids"]) for it in items)
+    if "loss_mask" in items[0]:
+        batch["row_targets"] = [sum(it["loss_mask"][1:]) for it in items]  # position 0 is never a target
+        batch["n_targets"] = sum(batch["row_targets"])
+    if "index" in items[0]:
+        batch["index"] = [it["index"] for it in items]
+    return batch
 
 
 def collate(items: list[dict], pad_id: int, side: str = "left", pack: bool = False) -> dict[str, torch.Tensor]:
@@ -86,9 +102,7 @@ def collate(items: list[dict], pad_id: int, side: str = "left", pack: bool = Fal
         batch["loss_mask"] = pad([it["loss_mask"] for it in items], 0, side)[0]
     if "label" in items[0]:
         batch["labels"] = torch.tensor([it["label"] for it in items])
-    if "index" in items[0]:
-        batch["index"] = torch.tensor([it["index"] for it in items])
-    return batch
+    return with_counts(batch, items)
 
 
 def forward_last(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden: bool = False):
@@ -101,10 +115,12 @@ def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     the ones before it, so the first token of a sequence is never a target)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     target = batch["loss_mask"][:, 1:].bool() & mask[:, 1:].bool()  # (B, T-1)
-    if not bool(target.any()):  # the mean over nothing is NaN: a bug upstream, not a loss
+    n = batch["n_targets"] if "n_targets" in batch else int(target.sum())  # collate counted it on the host: no device sync
+    if n == 0:  # the mean over nothing is NaN: a bug upstream, not a loss
         raise EngrainError("a training batch has no target tokens (its loss mask is 0 everywhere after the first token)")
     if "position_ids" in batch:  # packed: no attention mask, so that transformers masks by the position ids' sequences
         logits = model(input_ids=ids, position_ids=batch["position_ids"], use_cache=False).logits[:, :-1].float()
     else:
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1].float()  # (B, T-1, V)
-    return F.cross_entropy(logits[target], ids[:, 1:][target])
+    # the targets by ignore_index rather than a boolean index, which would wait for the device to count them
+    return F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].masked_fill(~target, -100).flatten(), ignore_index=-100)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from engrain.documents.corpus import Conversation
 from engrain.methods.base import indexed, token_nll
 
 
@@ -25,15 +26,19 @@ def document_item(run, text: str, prompt: str = "") -> dict:
 
 
 def qa_items(run) -> list[dict]:
-    """--qa-train (access-pattern training): each question as closed book asks it, then its answer; the loss
-    covers the answer's tokens only. Tokenised as the scorer tokenises it (engrain.documents.qa.encode_pair),
-    so what is trained is exactly the scored continuation of the same kind of prompt."""
-    from engrain.documents.qa import encode_pair, prompt_text
+    """--qa-train (access-pattern training): each question as closed book asks it (run.qa_prompt: plain or through
+    the chat template), then its answer, the loss on the answer's tokens only, tokenised as the scorer tokenises
+    it: what is trained is exactly the scored continuation of the same prompt. A conversation (``messages``)
+    trains its assistant turns (engrain.chat.conversation_item)."""
+    from engrain.chat import conversation_item
 
     out = []
     for q in run.qa_train or []:
-        ctx, cont = encode_pair(run.lm.tokenizer, prompt_text(q), " " + q.choices[q.answer])
-        out.append({"input_ids": run.bos + ctx + cont, "loss_mask": [0] * (len(run.bos) + len(ctx)) + [1] * len(cont)})
+        if isinstance(q, Conversation):
+            out.append(conversation_item(run.lm.tokenizer, run.qa_prompt.template, q.messages, run.bos, q.id))
+            continue
+        ids, start = run.qa_prompt.pair(q, q.choices[q.answer])
+        out.append({"input_ids": ids, "loss_mask": [0] * start + [1] * (len(ids) - start)})
     return out
 
 

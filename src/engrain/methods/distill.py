@@ -97,7 +97,7 @@ class Distill:
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = forward_last(model, batch)[0].float()  # (B, V)
         verb = torch.tensor(self.verbalizer_ids, device=logits.device)
-        index = batch["index"].cpu()
+        index = torch.tensor(batch["index"])  # host-side, as the teacher's table
         if self.kind == "topk":
             ids = self.teacher.topk_ids[index].to(logits.device)  # (B, K)
             # Both distributions restricted to the teacher's top K tokens and renormalised there.

@@ -159,17 +159,18 @@ class DocumentDistill:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1]  # (B, T-1, V)
         target = batch["loss_mask"][:, 1:].bool() & mask[:, 1:].bool()  # row-major: each item's generated tokens in order
-        index = batch["index"].tolist()
-        taught = torch.tensor([i < len(self.targets) for i in index], device=logits.device)  # else a --qa-train question
+        index = batch["index"]
+        rows_taught = [i < len(self.targets) for i in index]  # else a --qa-train question
+        taught = torch.tensor(rows_taught, device=logits.device)
         losses, counts = [], []
-        if bool(taught.any()):
+        if any(rows_taught):
             rows = [i for i in index if i < len(self.targets)]
             t_logp = torch.cat([self.targets[i][0] for i in rows]).to(logits.device)  # (N, K), in the same order
             t_ids = torch.cat([self.targets[i][1] for i in rows]).to(logits.device)
             losses.append(topk_kl(t_logp, t_ids, logits[taught][target[taught]].float()))
             counts.append(len(t_ids))
-        if not bool(taught.all()):  # the answers' tokens: cross-entropy, weighted by their count against the distilled ones
+        if not all(rows_taught):  # the answers' tokens: cross-entropy, weighted by their count against the distilled ones
             answers = target & ~taught[:, None]
             losses.append(F.cross_entropy(logits[answers].float(), ids[:, 1:][answers]))
-            counts.append(int(answers.sum()))
+            counts.append(sum(n for n, t in zip(batch["row_targets"], rows_taught) if not t))  # counted on the host
         return sum(loss * n for loss, n in zip(losses, counts)) / sum(counts)

@@ -90,21 +90,32 @@ def load_facts(name: str, version: str, seed: int) -> DocumentTask:
                         control=b.control)
 
 
-def qa_train_questions(source: str, task: DocumentTask | None, task_name: str) -> list[Question]:
-    """--qa-train: the task's own train half (``train``) or a questions file; refuses any scored question."""
+def qa_train_questions(source: str, task: DocumentTask | None, task_name: str) -> list:
+    """--qa-train: the task's own train half (``train``) or a file of questions (and conversations); refuses any
+    scored question, asked as a question or inside a conversation (its text in a user turn, its answer in the reply)."""
     if source == "train":
         if task is None or not task.train_questions:
             raise EngrainError(f"--qa-train train takes the task's train half of questions, and --task {task_name} has none "
                                "(facts v2 has); give a questions file")
         questions = task.train_questions
     else:
-        questions = load_questions(source)
-    key = lambda q: (" ".join(q.question.split()), q.choices[q.answer])  # noqa: E731
-    scored = {key(q) for q in task.questions} if task else set()
-    leaked = [q for q in questions if key(q) in scored]
+        questions = load_questions(source, conversations=True)
+    norm = lambda text: " ".join(text.split()).lower()  # noqa: E731
+    scored = [(norm(q.question), norm(q.choices[q.answer])) for q in task.questions] if task else []
+    scored_keys = set(scored)
+
+    def leaks(item) -> bool:
+        if isinstance(item, Question):
+            return (norm(item.question), norm(item.choices[item.answer])) in scored_keys
+        turns = item.messages
+        return any(t["role"] == "user" and r["role"] == "assistant" and q in norm(t["content"]) and a in norm(r["content"])
+                   for t, r in zip(turns, turns[1:]) for q, a in scored)
+
+    leaked = [q for q in questions if leaks(q)]
     if leaked:
+        first = leaked[0].question if isinstance(leaked[0], Question) else leaked[0].id
         raise EngrainError(f"--qa-train {source}: {len(leaked)} of its questions are scored questions of --task {task_name} "
-                           f"(first: {leaked[0].question!r}): training on them would score memorised answers")
+                           f"(first: {first!r}): training on them would score memorised answers")
     return questions
 
 
