@@ -207,3 +207,35 @@ def write_two_docs(root: Path) -> Path:
     (root / "q.jsonl").write_text(json.dumps({"question": "Who keeps the lighthouse of Orrin?", "choices": ["Bel Tasso", "Ana Ruiz"],
                                               "answer": 0, "doc": "orrin.md"}) + "\n")
     return root
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """``put(repo_id, {split: Dataset})`` writes a Hugging Face hub dataset into a fresh datasets cache as
+    ``load_dataset(repo_id)`` leaves it after a download (``namespace___name/default/0.0.0/<commit>/``: one arrow file
+    per split and dataset_info.json, written by datasets' own builder); the hub is offline, so ``load_dataset(repo_id)``
+    can only read that cache, as on a machine without network that loaded the dataset once."""
+    import shutil
+
+    import datasets
+    import huggingface_hub.constants
+    from datasets.data_files import DataFilesDict
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def put(repo_id: str, splits: dict) -> None:
+        namespace, name = repo_id.split("/")
+        src = tmp_path / "hub-src" / name
+        src.mkdir(parents=True)
+        for split, ds in splits.items():
+            ds.to_parquet(str(src / f"{split}.parquet"))
+        files = DataFilesDict.from_patterns({split: [str(src / f"{split}.parquet")] for split in splits})
+        builder = Parquet(cache_dir=str(tmp_path / "hub-build"), dataset_name=name, data_files=files)
+        builder.download_and_prepare()
+        shutil.copytree(builder.cache_dir, cache / f"{namespace}___{name}" / "default" / "0.0.0" / "0123456789abcdef")
+
+    return put

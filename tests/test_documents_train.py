@@ -282,27 +282,27 @@ def test_a_batch_without_target_tokens_is_an_error_and_one_token_chunks_are_left
         assert len(items) == 1 and all(sum(it["loss_mask"][1:]) for it in items)
 
 
-def test_corpus_and_questions_from_a_dataset_through_datasets(tiny_model_dir, tmp_path, capsys):
-    """hf:ID[:SPLIT] reads a Hugging Face dataset with datasets.load_dataset (here a local dataset folder: the same call,
-    no network); --text-field names the documents' column."""
+def test_corpus_and_questions_from_a_hub_dataset(tiny_model_dir, hub_cache, capsys):
+    """hf:ID[:SPLIT] reads a Hugging Face hub dataset with datasets.load_dataset (here from a local datasets cache, the
+    hub offline); --text-field names the documents' column."""
     import datasets
 
-    (tmp_path / "docs").mkdir()
-    datasets.Dataset.from_dict({"id": ["orrin", "dreust"], "body": ["The keeper of Orrin is Bel Tasso.", "Dreust makes lanterns."]}
-                               ).to_parquet(str(tmp_path / "docs" / "train.parquet"))
-    (tmp_path / "qs").mkdir()
-    datasets.Dataset.from_dict({"question": ["Who keeps Orrin?"], "choices": [["Bel Tasso", "Ana Ruiz"]], "answer": [0],
-                                "doc": ["orrin"]}).to_parquet(str(tmp_path / "qs" / "test.parquet"))
+    hub_cache("engrain-test/notes", {"train": datasets.Dataset.from_dict(
+        {"id": ["orrin", "dreust"], "body": ["The keeper of Orrin is Bel Tasso.", "Dreust makes lanterns."]})})
+    hub_cache("engrain-test/notes-qa", {"test": datasets.Dataset.from_dict(
+        {"question": ["Who keeps Orrin?"], "choices": [["Bel Tasso", "Ana Ruiz"]], "answer": [0], "doc": ["orrin"]})})
     from engrain.documents import load_corpus, load_questions
 
-    docs = load_corpus(f"hf:{tmp_path / 'docs'}", text_field="body")
+    docs = load_corpus("hf:engrain-test/notes", text_field="body")
     assert [(d.id, d.text) for d in docs] == [("orrin", "The keeper of Orrin is Bel Tasso."), ("dreust", "Dreust makes lanterns.")]
-    qs = load_questions(f"hf:{tmp_path / 'qs'}:test", [d.id for d in docs])
+    with pytest.raises(EngrainError, match="could not load the corpus hf:engrain-test/absent"):  # not in the cache, no network
+        load_corpus("hf:engrain-test/absent")
+    qs = load_questions("hf:engrain-test/notes-qa:test", [d.id for d in docs])
     assert qs[0].doc_ids == ("orrin",) and qs[0].choices == ("Bel Tasso", "Ana Ruiz")
-    code, out, err = run_cli(capsys, "train", "--model", str(tiny_model_dir), "--task", "qa", "--corpus", f"hf:{tmp_path / 'docs'}",
-                             "--text-field", "body", "--questions", f"hf:{tmp_path / 'qs'}:test", "--method", "cpt", "--epochs", "1",
+    code, out, err = run_cli(capsys, "train", "--model", str(tiny_model_dir), "--task", "qa", "--corpus", "hf:engrain-test/notes",
+                             "--text-field", "body", "--questions", "hf:engrain-test/notes-qa:test", "--method", "cpt", "--epochs", "1",
                              "--precision", "fp32", "--out", "", "--no-progress")
     assert code == 0, err
-    code, _, err = run_cli(capsys, "eval", "--model", str(tiny_model_dir), "--task", "qa", "--corpus", f"hf:{tmp_path / 'docs'}",
-                           "--questions", f"hf:{tmp_path / 'qs'}:test", "--out", "")
+    code, _, err = run_cli(capsys, "eval", "--model", str(tiny_model_dir), "--task", "qa", "--corpus", "hf:engrain-test/notes",
+                           "--questions", "hf:engrain-test/notes-qa:test", "--out", "")
     assert code == 2 and "no column 'text' (--text-field)" in err and err.count("\n") == 1

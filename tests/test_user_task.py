@@ -63,21 +63,29 @@ def test_icl_and_each_method_run_on_your_task(tiny_model_dir, task_file, tmp_pat
     assert rec["metrics"][f"{task_file}#ood"]["n"] == 10 and rec["name"].startswith(f"train-reviews-{kw['method']}-lora")
 
 
-def test_a_hub_style_dataset_folder_with_class_labels(tiny_model_dir, tmp_path):
-    """`data: ID` goes through datasets.load_dataset as a hub id does (here a local dataset folder, no network); a
-    ClassLabel column's ids are read as its names."""
+@pytest.mark.parametrize("source", ["hub id", "dataset folder"])
+def test_a_hub_dataset_with_class_labels(tiny_model_dir, tmp_path, hub_cache, source):
+    """`data: ID` goes through datasets.load_dataset: a hub id (read from a local datasets cache, the hub offline) or
+    a local dataset folder; a ClassLabel column's ids are read as its names."""
     import datasets
 
     feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
-    (tmp_path / "ds").mkdir()
+    splits = {}
     for split, n in (("train", 12), ("validation", 6)):
         texts = [(GOOD + BAD)[i % 10] for i in range(n)]
         labels = [int(t in GOOD) for t in texts]
         texts = [f"{t} ({split} {i})" for i, t in enumerate(texts)]  # none read twice: evaluation examples are never trained on
-        datasets.Dataset.from_dict({"text": texts, "label": labels}, features=feats).to_parquet(
-            str(tmp_path / "ds" / f"{split}.parquet"))
+        splits[split] = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=feats)
+    if source == "hub id":
+        hub_cache("engrain-test/reviews", splits)
+        data = "engrain-test/reviews"
+    else:
+        (tmp_path / "ds").mkdir()
+        for split, ds in splits.items():
+            ds.to_parquet(str(tmp_path / "ds" / f"{split}.parquet"))
+        data = tmp_path / "ds"
     f = tmp_path / "t.yml"
-    f.write_text(f"data: {tmp_path / 'ds'}\ntext_fields: text\nlabels: {{pos: positive, neg: negative}}\n"
+    f.write_text(f"data: {data}\ntext_fields: text\nlabels: {{pos: positive, neg: negative}}\n"
                  "verbalizers: [' Yes', ' No']\ntemplate: '{text} Good?'\n")
     spec = get_task(str(f))
     exs = load_split(spec, "validation")
