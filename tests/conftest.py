@@ -104,11 +104,11 @@ def tiny_texts(data_dir: Path | None) -> list[str]:
     return texts
 
 
-def save_tiny(model_cls, cfg_cls, folder: Path, make_tokenizer=build_tokenizer, **cfg) -> Path:
+def save_tiny(model_cls, cfg_cls, folder: Path, make_tokenizer=build_tokenizer, hidden_size: int = 32, **cfg) -> Path:
     """Build a tiny random model with an in-process tokenizer, save both to ``folder``."""
     tok = make_tokenizer(tiny_texts(_data_dir()))
     torch.manual_seed(0)
-    model = model_cls(cfg_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    model = model_cls(cfg_cls(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                               eos_token_id=tok.eos_token_id, **cfg))
@@ -128,6 +128,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return save_tiny(LlamaForCausalLM, LlamaConfig, tmp_path_factory.mktemp("tiny-llama"), tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_wide_dir(tmp_path_factory) -> Path:
+    """The tiny Llama twice as wide (64): bitsandbytes' CPU 4-bit kernels want output widths in multiples of 32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return save_tiny(LlamaForCausalLM, LlamaConfig, tmp_path_factory.mktemp("tiny-wide"), hidden_size=64, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="session", params=["bos", "sentencepiece"])

@@ -26,6 +26,9 @@ KINDS = {
                           qa_first=1),
     "pbft-labelled": dict(task="rte", method="pbft", params="lora", shots=16, epochs=3, lr=1e-2, limit=8, eval_sample=4, ood=False,
                           train_batch_size=4, lora_dropout=0.1),
+    # fp16: the grad scaler's scale and growth tracker resume with the checkpoint
+    "pbft-fp16": dict(task="rte", method="pbft", params="lora", shots=16, epochs=3, lr=1e-2, limit=8, eval_sample=4, ood=False,
+                      train_batch_size=4, precision="fp16"),
 }
 
 
@@ -51,6 +54,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tiny_model_dir, data_d
         train_model(cfg)
     latest = tmp_path / "killed" / "checkpoints" / whole["name"] / "latest"
     assert json.loads((latest / "loop.json").read_text())["step"] == 6 and not (tmp_path / "killed" / f"{whole['name']}.json").exists()
+    if cfg.precision == "fp16":  # the grad scaler is in the checkpoint
+        assert torch.load(latest / "custom_checkpoint_0.pkl", weights_only=False)["scale"] > 1
     monkeypatch.setattr(tr, "train_step", step)
     resumed, _, _ = train_model(config(tiny_model_dir, tmp_path / "killed", data_dir, resume=True, **KINDS[kind]))
     assert resumed["measure"]["train"]["resumed_from_step"] == 6 and resumed["measure"]["train"]["steps"] == whole["measure"]["train"]["steps"]
@@ -59,6 +64,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tiny_model_dir, data_d
     a, b = weights(whole), weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["measure"]["train"]["tokens"] == whole["measure"]["train"]["tokens"]
+    assert resumed["measure"]["train"].get("loss_scale") == whole["measure"]["train"].get("loss_scale")
 
 
 def test_resume_without_a_checkpoint_starts_afresh_and_another_configs_checkpoint_is_refused(tiny_model_dir, data_dir, tmp_path, monkeypatch):

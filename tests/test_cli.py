@@ -56,7 +56,7 @@ BAD = [
     (["--shots", "99999"], r"--shots 99999 is larger than the rte train split"),
     (["--shots", "-1"], r"--shots must be an integer >= 0"),
     (["--limit", "0"], r"--limit must be an integer >= 1"),
-    (["--precision", "fp8"], r"--precision must be one of auto, bf16, fp32"),
+    (["--precision", "fp8"], r"--precision must be one of auto, bf16, fp16, fp32"),
     (["--task", "hans", "--shots", "4"], r"task hans has no train split"),
     (["--shots", "many"], r"argument --shots: invalid int value: 'many'"),
     (["--config", "/no/such.yaml"], r"config file not found: /no/such.yaml"),

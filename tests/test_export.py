@@ -187,3 +187,22 @@ def test_lm_evaluation_harness_scores_the_export_as_engrain_scores_the_run(tiny_
     ours = choice_scores(lm.model, QAPrompt(lm.tokenizer), questions, None, 8)
     assert len(theirs) == len(questions)
     assert max(abs(a - b) for i, s in enumerate(ours) for a, b in zip(s.sums, theirs[i])) < 1e-4
+
+
+def test_a_4bit_run_exports_merged_into_the_full_precision_base(tiny_wide_dir, docs, tmp_path):
+    """QLoRA's adapter is served on the full-precision base: the hf export holds plain weights (no quantisation config)
+    that compute the fp32 base with the adapter, and says what it was trained on."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'engrain[quant]')")
+    from transformers import AutoModelForCausalLM
+
+    cfg = TrainConfig(model=str(tiny_wide_dir), task="qa", corpus=str(docs / "docs"), questions=str(docs / "q.jsonl"), method="cpt",
+                      params="lora", epochs=2, lr=5e-2, precision="fp32", out=str(tmp_path / "runs"), progress=False, load_in_4bit=True)
+    run = train_model(cfg)[0]["adapter"]["path"]
+    manifest = export(run, str(tmp_path / "hf"))
+    assert "4bit base" in manifest["trained_on"]
+    assert "quantization_config" not in json.loads((tmp_path / "hf" / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    lm, _, _ = load_trained(run, "cpu", quantized=False)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, lm.model(input_ids=ids).logits.float(), atol=1e-4, rtol=0)

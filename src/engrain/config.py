@@ -44,7 +44,7 @@ class EvalConfig:
     sample: int | None = opt(None, "evaluate on a seeded sample of N examples per set, stratified by label (and HANS heuristic)")
     sample_seed: int = opt(0, "seed of the evaluation sample (--sample, eval_sample): fixed, so every seed and method is scored on the same examples")
     batch_size: int | None = opt(None, "queries per forward pass (default: 16 on CPU, 64 on a GPU)")
-    precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16 or fp32")
+    precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), bf16, fp16 (GPUs without bf16; training scales the loss) or fp32")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, "folder laid out like engrain's data (default: $ENGRAIN_DATA, else the hub)")
     out: str | None = opt("runs", "folder for the run record (JSON); empty to write none")
@@ -226,6 +226,9 @@ class TrainConfig(EvalConfig):
                                               "them (transformers' own, use_reentrant=False): less memory, about a third more time")
     pack: bool = opt(False, "cpt / cft: pack each batch's sequences into as few rows as fit the longest, with per-sequence "
                             "position ids and no attention across sequences (padding-free): the same loss, fewer tokens")
+    load_in_4bit: bool = opt(False, "QLoRA: hold the frozen base model's linear layers in 4-bit NF4 (bitsandbytes, double quantisation, "
+                                    "matmuls in the compute dtype); with --params lora, ia3 or prefix")
+    load_in_8bit: bool = opt(False, "hold the frozen base model's linear layers in 8-bit (bitsandbytes LLM.int8); with --params lora, ia3 or prefix")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: every epoch)")
     save: bool = opt(True, "save what was trained (adapter, head or model) next to the record")
     save_every: int = opt(0, "write a checkpoint (Accelerate's save_state, plus the loop's own state) every N optimizer steps "
@@ -318,6 +321,8 @@ class TrainConfig(EvalConfig):
         _at_least("eval_every", self.eval_every, 0)
         _at_least("save_every", self.save_every, 0)
         _at_least("log_every", self.log_every, 1)
+        if self.quantize:
+            self._validate_quantize()
         if self.pack and self.method not in ("cpt", "cft"):
             raise EngrainError(f"--pack applies to cpt and cft (a next-token loss on every sequence), not {self.method}")
         _at_least("lora_r", self.lora_r, 1)
@@ -384,6 +389,23 @@ class TrainConfig(EvalConfig):
             raise EngrainError(f"--cft-prompts must be one of {', '.join(CFT_PROMPTS)}, got {self.cft_prompts!r}")
         if self.cft_prompts_file is not None and not Path(self.cft_prompts_file).is_file():
             raise EngrainError(f"prompts file not found: {self.cft_prompts_file}")
+
+    @property
+    def quantize(self) -> str | None:
+        """How the frozen base weights are held: "4bit", "8bit" (bitsandbytes) or None (the compute dtype)."""
+        return "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else None
+
+    def _validate_quantize(self) -> None:
+        import importlib.util
+
+        flag = f"--load-in-{self.quantize}"
+        if self.load_in_4bit and self.load_in_8bit:
+            raise EngrainError("--load-in-4bit and --load-in-8bit exclude each other: give one")
+        if self.params not in ("lora", "ia3", "prefix"):
+            raise EngrainError(f"{flag} trains an adapter on frozen quantised weights: use --params lora, ia3 or prefix, "
+                               f"not {self.params} (which updates the base weights themselves)")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise EngrainError(f"{flag} needs bitsandbytes: pip install 'engrain[quant]' (or pip install bitsandbytes)")
 
     def _validate_distill(self) -> None:
         if self.on_documents:  # the top-k KL on generated text; transfer / distill_loss / kl / temperature do not apply

@@ -66,6 +66,8 @@ def export(run: str, out: str, fmt: str = "hf", dtype: str = "fp32") -> dict:
     try:
         manifest = {"run": str(run), "format": fmt, "method": meta["method"], "params": meta["params"],
                     "base_model": meta["base_model"], "dtype": dtype}
+        if meta.get("quantize"):  # QLoRA: the adapter goes onto the full-precision base, as QLoRA adapters are served
+            manifest["trained_on"] = f"{meta['quantize']} base (bitsandbytes); merged into and checked against the full-precision base"
         manifest.update({"hf": _hf, "peft": _peft, "gguf": _gguf}[fmt](run, meta, tmp, DTYPES[dtype], target))
         (tmp / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
         swap_in(tmp, target, old)
@@ -78,7 +80,7 @@ def _reference(run: str):
     """engrain's own model of the run, fp32 (as evaluation rebuilds it), and its classification head or None."""
     from engrain.params import load_trained
 
-    lm, head, _ = load_trained(run, "cpu", fp32_head=False)
+    lm, head, _ = load_trained(run, "cpu", fp32_head=False, quantized=False)  # merged into the full-precision base
     return lm, head
 
 

@@ -28,8 +28,8 @@ from engrain.names import PRECISIONS
 
 def _quiet_known_deprecations() -> None:
     """transformers 5.24+ warns on every forward that takes ``past_key_values`` (removed in 5.40, which
-    pyproject excludes until engrain moves to ``cache=``), and when peft asks ``is_gradient_checkpointing``:
-    known notices, not news for each user run."""
+    pyproject excludes until engrain moves to ``cache=``), and when peft asks ``is_gradient_checkpointing``;
+    bitsandbytes when its optional hub kernel is not there: known notices, not news for each user run."""
     import logging
     import warnings
 
@@ -42,6 +42,12 @@ def _quiet_known_deprecations() -> None:
 
     for name in ("transformers", "transformers.modeling_utils", "transformers.utils.generic"):
         logging.getLogger(name).addFilter(_Drop())
+
+    class _NoHubKernel(logging.Filter):  # bitsandbytes' optional hub kernel for CPU 4-bit: its built-in kernel runs instead
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "kernels-community" not in record.getMessage()
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernel())
 
 
 _quiet_known_deprecations()
@@ -140,6 +146,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
         raise EngrainError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return torch.float32
+    if precision == "fp16":  # autocast to fp16; training adds a grad scaler (engrain.train), as on a GPU without bf16
+        return torch.float16
     if precision == "bf16":
         if device.type == "cpu" and not cpu_has_bf16():
             warn_emulated_bf16()
@@ -231,11 +239,14 @@ class LoadedModel:
         return getattr(cfg, "max_position_embeddings", None)
 
 
-def load_model(name: str, precision: str = "auto", device: str = "auto", fp32_head: bool = True) -> LoadedModel:
+def load_model(name: str, precision: str = "auto", device: str = "auto", fp32_head: bool = True,
+               quantize: str | None = None, compute: torch.dtype | None = None) -> LoadedModel:
     """Load model + tokenizer for inference.
 
     The weights are held in ``precision`` (auto: bf16 where the hardware has it). With ``fp32_head``
-    the output layer runs in fp32 (:class:`FP32Head`).
+    the output layer runs in fp32 (:class:`FP32Head`). ``quantize`` ("4bit" / "8bit"): the decoder's
+    linear layers are held quantised by bitsandbytes (4-bit: NF4 with double quantisation, its matmuls
+    in ``compute``), everything else in ``precision`` (QLoRA's base model).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -245,18 +256,50 @@ def load_model(name: str, precision: str = "auto", device: str = "auto", fp32_he
     kind, where = resolve_source(name)
     if kind == "gguf":
         where = dequantised_folder(Path(where))
+    extra = {"quantization_config": bnb_config(quantize, compute or dtype), "device_map": {"": dev}} if quantize else {}
     try:
         tok = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EngrainError(f"could not load model {name!r} from {where}: {first}") from None
-    model.to(dev).eval()
+    except AssertionError as e:  # bitsandbytes' CPU kernels want layer widths in multiples of their block
+        raise EngrainError(f"bitsandbytes cannot hold {name!r} in {quantize} on {dev.type}: {e}") from None
+    if not quantize:  # a quantised model is placed by device_map (bitsandbytes' weights do not move with .to)
+        model.to(dev)
+    else:
+        keep_4bit_layout(model)
+    model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if fp32_head:
         fp32_output_head(model)
     return LoadedModel(model, tok, name, str(where), dtype, dev, time.perf_counter() - t0)
+
+
+def bnb_config(quantize: str, compute: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def keep_4bit_layout(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel. On a CPU with AVX512-BF16 a
+    Linear4bit in eval mode repacks its weight in place at its first forward without gradients, and from then on
+    every forward, in training too, runs a kernel with no backward: the gradient to the layers below stops there
+    without an error (bitsandbytes 0.50), so a LoRA run that evaluates between epochs would train only its top
+    layers. Keeping the layout also makes evaluation compute the same numbers on every CPU."""
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or the model a peft wrapper holds) was loaded with bitsandbytes quantisation."""
+    return getattr(getattr(model, "config", None), "quantization_config", None) is not None
 
 
 class FP32Head(torch.nn.Module):
@@ -290,7 +333,7 @@ def inference_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Modul
     (cast to bf16 they would shift every position's angle, and the base model loaded in bf16 would not
     score what the same model scores here).
     """
-    if dtype == torch.float32:
+    if dtype == torch.float32 or is_quantized(model):  # quantised weights are already what they compute with
         return model
     head = model.get_output_embeddings()
     memo: dict[int, torch.Tensor] = {}

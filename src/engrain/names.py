@@ -6,4 +6,4 @@ TRAIN_METHODS = tuple(m for m in METHODS if m != "icl")
 DOC_METHODS = ("cpt", "cft")  # train on documents (--train-data CORPUS), not on labelled examples
 CFT_PROMPTS = ("contextual", "negative", "random")
 PARAM_SETS = ("full", "lora", "bitfit", "ia3", "prefix")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # fp16: for GPUs without bf16 (training adds a grad scaler)

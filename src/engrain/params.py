@@ -151,11 +151,13 @@ def read_adapter_meta(folder) -> dict:
         raise EngrainError(f"{meta_file}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def load_trained(path: str, device: str = "auto", fp32_head: bool = True):
+def load_trained(path: str, device: str = "auto", fp32_head: bool = True, quantized: bool = True):
     """Rebuild a model saved by ``engrain train`` (the folder holding ``engrain.json``).
 
     Returns (LoadedModel with fp32 weights, classification head or None, metadata). Evaluate it through
-    ``engrain.models.inference_copy``, as training's own evaluation does, to get the same numbers.
+    ``engrain.models.inference_copy``, as training's own evaluation does, to get the same numbers. An adapter
+    trained on a quantised base (--load-in-4bit/8bit) gets that base again, unless ``quantized`` is False
+    (export: the adapter merged into the full-precision weights, as QLoRA adapters are served).
     """
     from safetensors.torch import load_file
 
@@ -163,7 +165,9 @@ def load_trained(path: str, device: str = "auto", fp32_head: bool = True):
 
     folder = Path(path)
     meta = read_adapter_meta(folder)
-    lm = load_model(str(folder) if meta["params"] == "full" else meta["base_model"], "fp32", device, fp32_head)
+    quantize = meta.get("quantize") if quantized else None
+    compute = getattr(torch, meta.get("quantize_compute") or "float32") if quantize else None
+    lm = load_model(str(folder) if meta["params"] == "full" else meta["base_model"], "fp32", device, fp32_head, quantize, compute)
     if meta["params"] in ("lora", "ia3", "prefix"):
         from peft import PeftModel
 

@@ -104,7 +104,8 @@ def prepare(cfg: TrainConfig) -> Run:
     compute = models.resolve_dtype(cfg.precision, device)
     acc = make_accelerator(cfg, device)
     set_seed(cfg.seed)
-    lm = models.load_model(cfg.model, "fp32", str(acc.device))  # fp32 master weights; bf16 compute via autocast
+    # fp32 master weights, bf16 compute via autocast; --load-in-4bit/8bit: the decoder's linear layers quantised (QLoRA)
+    lm = models.load_model(cfg.model, "fp32", str(acc.device), quantize=cfg.quantize, compute=compute)
     lm.dtype = compute  # what the matmuls run in, for MFU and the inference copy
     cfg.batch_size = cfg.batch_size or models.default_batch_size(lm.device)  # scoring batches; recorded as chosen
     prompter = lambda s: make_prompter(s, s.prompt_format(cfg.format, cfg.template), lm.tokenizer, cfg.chat_template) if s else None  # noqa: E731
@@ -186,6 +187,10 @@ def attach_params(run: Run) -> torch.nn.Module:
         else:  # only the first n positions' KV (causal: the same as in the whole context's), never the whole corpus
             with run.autocast():
                 cache = encode_context(run.lm.model, run.context_ids[:n])
+    if cfg.quantize:  # peft's QLoRA preparation: everything frozen, the unquantised layers in fp32
+        from peft import prepare_model_for_kbit_training
+
+        run.lm.model = prepare_model_for_kbit_training(run.lm.model, use_gradient_checkpointing=False)  # checkpointing: below
     run.lm.model = apply_params(run.lm.model, spec, cache, n_ctx)  # evaluation runs the adapted model
     if cfg.gradient_checkpointing:  # transformers' own; non-reentrant, so frozen inputs need no requires_grad
         base = run.lm.model.get_base_model() if hasattr(run.lm.model, "get_base_model") else run.lm.model
@@ -218,6 +223,7 @@ class Loop:
     qa_loader: object | None = None  # --qa-first: the questions alone, trained on before the method's epochs
     generators: list = field(default_factory=list)  # the loaders' shuffling generators (main, then --qa-first's)
     resumed: dict | None = None  # from a checkpoint (--resume): the step and the seconds metered before
+    scaler: object | None = None  # fp16: torch's GradScaler (the loss scaled up, steps with inf gradients skipped)
 
     def read_losses(self, run: Run) -> list[float]:
         """The losses still on the device, read in one transfer and appended to ``losses``; each optimizer step's
@@ -269,8 +275,12 @@ def make_loop(run: Run, method: Method, model: torch.nn.Module) -> Loop:
         model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     if qa_loader is not None:
         qa_loader = acc.prepare(qa_loader)
+    scaler = None
+    if run.compute == torch.float16:  # fp16's narrow range: scale the loss so small gradients do not flush to zero
+        scaler = torch.amp.GradScaler(acc.device.type)
+        acc.register_for_checkpointing(scaler)  # its scale and growth tracker resume with the checkpoint
     return Loop(method, model, head, opt, sched, loader, trainable, total_steps, flops, summary, qa_loader=qa_loader,
-                generators=generators)
+                generators=generators, scaler=scaler)
 
 
 def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
@@ -332,13 +342,20 @@ def fit(run: Run, loop: Loop) -> tuple[list[dict], Meter]:
 
 def train_step(run: Run, loop: Loop, batch: dict, loss_fn=None) -> None:
     acc = run.acc
+    scaler = loop.scaler
     with acc.accumulate(loop.model):
         with run.autocast():
             loss = (loss_fn or loop.method.loss)(loop.model, batch)
-        acc.backward(loss)
+        acc.backward(scaler.scale(loss) if scaler else loss)
+        if acc.sync_gradients and scaler:  # the true gradients before clipping; the step is skipped if any is inf / nan
+            scaler.unscale_(loop.opt)
         if acc.sync_gradients and run.cfg.max_grad_norm:
             acc.clip_grad_norm_(loop.trainable, run.cfg.max_grad_norm)
-        loop.opt.step()
+        if acc.sync_gradients and scaler:
+            scaler.step(loop.opt)
+            scaler.update()
+        else:
+            loop.opt.step()  # a no-op between accumulation boundaries (Accelerate's optimizer)
         loop.sched.step()
         loop.opt.zero_grad()
     loop.tokens_seen += batch["n_tokens"] * acc.num_processes  # counted on the host (methods.base.with_counts)
@@ -444,6 +461,7 @@ def make_record(run: Run, method: Method, loop: Loop, curve: list, final: dict, 
             "mfu": flops / (final["measure"]["matmul_peak_tflops"] * 1e12 * seconds),
             "per_epoch_eval_seconds": before["eval_seconds_before"] + meter.paused_seconds,
             **({"resumed_from_step": loop.resumed["from_step"]} if loop.resumed else {}),
+            **({"loss_scale": loop.scaler.get_scale()} if loop.scaler else {}),  # fp16: the scale it ended with
         },
     }
     if run.augment:  # what making the corpus cost (when it was made, not read from the cache), against training
@@ -490,7 +508,8 @@ def save_adapter(model, head, cfg: TrainConfig, lm, target: Path, prefix_tokens:
             save_file({"weight": head.weight.detach().float().contiguous()}, str(tmp / "head.safetensors"))
         meta = {"engrain_adapter": 1, "method": cfg.method, "params": cfg.params, "base_model": cfg.model,
                 "task": cfg.task, "train_data": cfg.train_data or cfg.task, "format": cfg.format, "template": cfg.template,
-                "chat_template": cfg.chat_template,
+                "chat_template": cfg.chat_template, "quantize": cfg.quantize,  # the base it trained on (and is scored on)
+                "quantize_compute": str(lm.dtype).removeprefix("torch.") if cfg.quantize else None,
                 # a prefix adapter holds the demonstrations' KV (BOS included): queries follow it as in ICL
                 "prefix_tokens": prefix_tokens}
         (tmp / "engrain.json").write_text(json.dumps(meta, indent=2))
