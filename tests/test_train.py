@@ -219,6 +219,17 @@ def test_two_process_ddp_ends_identical_on_both_ranks(tiny_model_dir, data_dir, 
     assert ranks[0]["sha"] == ranks[1]["sha"]
     assert ranks[0]["steps"] == 4  # 8 examples / (2 per process x 2 processes) x 2 epochs
     assert len(list(out.glob("train-*.json"))) == 1, "only the main process writes the record"
+    # evaluation is split: each rank scored part of every set, and both hold the metrics of the whole sets, which are
+    # what one process scores from the saved adapter
+    record = json.loads(next(out.glob("train-*.json")).read_text())
+    # 2 per-epoch samples of 4 per set, then the final 8 per set, over rte and hans: 32 queries, half on each rank
+    assert [r["scored"] for r in ranks] == [16, 16] and ranks[0]["processes"] == 2
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] == record["metrics"]
+    single = evaluate(EvalConfig(model=str(tiny_model_dir), task="rte", adapter=record["adapter"]["path"], limit=8, data_dir=str(data_dir),
+                                 out=str(tmp_path / "ev"), progress=False, precision="fp32", device="cpu"))
+    for split in record["metrics"]:
+        assert single["metrics"][split]["accuracy"] == record["metrics"][split]["accuracy"]
+        assert single["metrics"][split]["predicted_share"] == record["metrics"][split]["predicted_share"]
 
 
 @pytest.mark.parametrize("method", ["pbft", "distill"])

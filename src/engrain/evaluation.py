@@ -19,6 +19,7 @@ from engrain.data import example_key, make_prompter, sample_few_shot, stratified
 from engrain.errors import EngrainError
 from engrain.forward import encode_context, last_outputs
 from engrain.measure import FlopModel, Meter, causal_pairs, matmul_peak
+from engrain.shard import sharded, world
 from engrain.tasks import TASKS, Example, TaskSpec, get_task, load_split
 
 # ---------------------------------------------------------------------------- scoring
@@ -199,11 +200,14 @@ def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, he
     flops, peak = FlopModel.of(model), matmul_peak(lm.device, lm.dtype)
     metrics_out, measure = {}, {"matmul_peak_tflops": peak / 1e12}
     show = cfg.progress if progress is None else progress
+    processes = world()[1]
     for tspec, exs, label_map in sets:
         q = queries[tspec.name]
         with _progress(show, len(q), f"{cfg.task}->{tspec.name}" if tspec is not spec else tspec.name) as bar:
-            with Meter(lm.device) as m:
-                cls, top = score(model, ctx, q, verb, cfg.batch_size, lm.tokenizer.pad_token_id, cache=cache, progress=bar, head=head)
+            with Meter(lm.device) as m:  # under `accelerate launch` each process scores its shard (engrain.shard)
+                rows = sharded(lambda part: zip(*score(model, ctx, part, verb, cfg.batch_size, lm.tokenizer.pad_token_id,
+                                                       cache=cache, progress=bar, head=head)), q)
+                cls, top = torch.stack([c for c, _ in rows]), torch.stack([t for _, t in rows])
         pred = map_predictions(cls.argmax(-1), spec, tspec, label_map)
         metrics_out[tspec.name] = metrics(tspec, exs, pred, ~torch.isin(top, torch.tensor(verb)))
         n_tok = sum(len(x) for x in q)
@@ -215,7 +219,8 @@ def score_sets(lm, spec: TaskSpec, sets, ctx, queries, verb, cfg, cache=None, he
             "tokens_per_s": n_tok / m.seconds,
             **m.memory(),
             "flops": fl,
-            "mfu": fl / (peak * m.seconds),
+            "mfu": fl / (peak * m.seconds * processes),
+            **({"processes": processes} if processes > 1 else {}),
         }
     return metrics_out, measure
 

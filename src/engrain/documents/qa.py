@@ -29,6 +29,7 @@ from engrain.documents.corpus import Question
 from engrain.errors import EngrainError
 from engrain.forward import continuation_logprobs, encode_context, pad, repeat_cache
 from engrain.measure import Meter, matmul_peak
+from engrain.shard import sharded, world
 
 SEPARATOR = "\n\n"  # between the documents, and between them and the question
 CLOZE_REQUEST = "Complete the sentence."  # a chat template's user turn before a cloze (QAPrompt)
@@ -197,7 +198,8 @@ def score_questions(lm, questions: Sequence[Question], documents: dict[str, str]
     model = model if model is not None else lm.model
     peak = matmul_peak(lm.device, lm.dtype)
     with Meter(lm.device) as m, torch.autocast(lm.device.type, dtype=lm.dtype, enabled=lm.dtype != torch.float32):
-        scores = choice_scores(model, prompt, questions, documents, batch_size)
-    measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000, **m.memory(),
+        # under `accelerate launch` each process scores its shard of the questions (engrain.shard)
+        scores = sharded(lambda part: choice_scores(model, prompt, part, documents, batch_size), questions)
+    measure = {"seconds": m.seconds, "ms_per_question": m.seconds / len(questions) * 1000 * world()[1], **m.memory(),
                "open_book": documents is not None, "matmul_peak_tflops": peak / 1e12}
     return qa_metrics(questions, scores), measure
