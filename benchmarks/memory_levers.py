@@ -8,7 +8,7 @@ configuration and each one's ratio to none; writes benchmarks/results/memory_lev
 Checkpointing and packing leave the loss as it was (tests/test_levers.py); 4-/8-bit weights change it a little.
 
     python benchmarks/memory_levers.py [--model gemma3-270m] [--batch 8] [--precision auto] [--device auto]
-    python benchmarks/memory_levers.py --params lora --levers none,4bit,8bit,checkpointing
+    python benchmarks/memory_levers.py --params lora --levers none,4bit,8bit,4bit+both
 """
 
 from __future__ import annotations

@@ -131,6 +131,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bitsandbytes():
+    """bitsandbytes, or a skip saying how to install it (--load-in-4bit / --load-in-8bit tests)."""
+    return pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'engrain[quant]')")
+
+
+@pytest.fixture(scope="session")
 def tiny_wide_dir(tmp_path_factory) -> Path:
     """The tiny Llama twice as wide (64): bitsandbytes' CPU 4-bit kernels want output widths in multiples of 32."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -189,10 +189,9 @@ def test_lm_evaluation_harness_scores_the_export_as_engrain_scores_the_run(tiny_
     assert max(abs(a - b) for i, s in enumerate(ours) for a, b in zip(s.sums, theirs[i])) < 1e-4
 
 
-def test_a_4bit_run_exports_merged_into_the_full_precision_base(tiny_wide_dir, docs, tmp_path):
+def test_a_4bit_run_exports_merged_into_the_full_precision_base(bitsandbytes, tiny_wide_dir, docs, tmp_path):
     """QLoRA's adapter is served on the full-precision base: the hf export holds plain weights (no quantisation config)
     that compute the fp32 base with the adapter, and says what it was trained on."""
-    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'engrain[quant]')")
     from transformers import AutoModelForCausalLM
 
     cfg = TrainConfig(model=str(tiny_wide_dir), task="qa", corpus=str(docs / "docs"), questions=str(docs / "q.jsonl"), method="cpt",

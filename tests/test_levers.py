@@ -78,15 +78,15 @@ def test_pack_is_for_token_level_methods(capsys):
 
 
 @pytest.mark.parametrize("bits", ["4bit", "8bit"])
-def test_a_quantised_lora_run_trains_on_frozen_kbit_weights_and_scores_the_same_reloaded(tiny_wide_dir, data_dir, tmp_path, bits):
+def test_a_quantised_lora_run_trains_on_frozen_kbit_weights_and_scores_the_same_reloaded(bitsandbytes, tiny_wide_dir, data_dir, tmp_path,
+                                                                                          bits):
     """QLoRA (--load-in-4bit: NF4; --load-in-8bit: LLM.int8) through bitsandbytes on the CPU: the decoder's linear layers
     are held quantised (an eighth / a quarter of fp32's bytes), only LoRA trains, the loss falls, and the adapter,
     reloaded by `engrain eval --adapter` on the same quantised base, scores exactly what training's last evaluation did."""
-    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'engrain[quant]')")
     from engrain import EvalConfig, evaluate
     from engrain.params import decoder_linears, read_adapter_meta
 
-    kind = bnb.nn.Linear4bit if bits == "4bit" else bnb.nn.Linear8bitLt
+    kind = bitsandbytes.nn.Linear4bit if bits == "4bit" else bitsandbytes.nn.Linear8bitLt
     cfg = TrainConfig(model=str(tiny_wide_dir), task="rte", method="pbft", params="lora", shots=8, epochs=4, lr=1e-2,
                       warmup_ratio=0.0, limit=16, eval_sample=8, data_dir=str(data_dir), out=str(tmp_path), progress=False,
                       precision="fp32", device="cpu", **{f"load_in_{bits}": True})
@@ -107,9 +107,8 @@ def test_a_quantised_lora_run_trains_on_frozen_kbit_weights_and_scores_the_same_
         assert ev["metrics"][split]["predicted_share"] == rec["metrics"][split]["predicted_share"]
 
 
-def test_a_quantised_base_changes_the_logits_a_little(tiny_wide_dir):
+def test_a_quantised_base_changes_the_logits_a_little(bitsandbytes, tiny_wide_dir):
     """The control for the test above: the 4-bit model is not the fp32 model under another name, and not broken."""
-    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'engrain[quant]')")
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         full = load_model(str(tiny_wide_dir), "fp32", "cpu").model(input_ids=ids).logits
@@ -130,11 +129,10 @@ def test_a_quantised_run_refuses_what_it_cannot_train(capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_an_evaluation_between_epochs_leaves_the_4bit_backward_intact(tiny_wide_dir):
+def test_an_evaluation_between_epochs_leaves_the_4bit_backward_intact(bitsandbytes, tiny_wide_dir):
     """bitsandbytes repacks a 4-bit weight for its CPU inference kernel (no backward) at an eval-mode forward without
     gradients, on CPUs with AVX512-BF16; engrain keeps the trainable layout, so the step after an evaluation still
     sends gradients to the lowest layer's LoRA weights, the same as before it."""
-    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'engrain[quant]')")
     from peft import LoraConfig, get_peft_model
 
     lm = load_model(str(tiny_wide_dir), "fp32", "cpu", quantize="4bit", compute=torch.bfloat16)
